@@ -1,0 +1,59 @@
+"""Configuration that lives in Prefect, so every worker (on any host) finds the same things.
+
+Registered with `prefect block register -m blocks.settings_blocks`; documents named
+`default` are saved by `endpoints up`. Method names avoid Block's own (`save`,
+`load`, `delete`, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from inference_endpoints.registry import Registry
+from inference_endpoints.store import LocalCheckpointStore
+
+
+class RegistryDatabase(Block):
+    """Where the endpoint registry lives (SQLite file or PostgreSQL URL)."""
+
+    _block_type_name = "Registry Database"
+    _block_type_slug = "registry-database"
+    _description = "Connection URL of the Inference Endpoints registry."
+
+    url: SecretStr = Field(description="SQLAlchemy URL, e.g. postgresql://user@host/db")
+
+    def registry(self) -> Registry:
+        return Registry(self.url.get_secret_value())
+
+
+class CheckpointStoreConfig(Block):
+    """Where checkpoint bytes are kept. `local` is a filesystem root shared by the workers."""
+
+    _block_type_name = "Checkpoint Store"
+    _block_type_slug = "checkpoint-store"
+    _description = "Root of the checkpoint store that endpoints mount read-only."
+
+    kind: str = Field(default="local", description="Store implementation (local)")
+    root: str = Field(description="Filesystem root of the store")
+
+    def open_store(self) -> LocalCheckpointStore:
+        if self.kind != "local":
+            raise ValueError(f"unknown checkpoint store kind {self.kind!r}")
+        return LocalCheckpointStore(Path(self.root))
+
+
+class EngineHost(Block):
+    """How a work pool's hosts run the engine (interpreter, address to bind)."""
+
+    _block_type_name = "Engine Host"
+    _block_type_slug = "engine-host"
+    _description = "Per-pool engine settings for serve runs."
+
+    engine_python: str = Field(description="Python interpreter that has vLLM installed")
+    backend_host: str = Field(default="127.0.0.1", description="Internal address engines bind")
+    run_dir: str = Field(description="Per-endpoint scratch (mount points) on the host")
+    log_dir: str = Field(description="Engine logs on the host")
+    readonly_mode: str = Field(default="auto", description="auto, bind or permissions")

@@ -1,0 +1,139 @@
+"""serve-endpoint: the long-running run on a work pool that owns one endpoint's vLLM server.
+
+It lives exactly as long as the endpoint: it starts the engine with the checkpoint
+mounted read-only, records the backend address, and supervises. It stops the engine
+when its own run is cancelled (read from Prefect every few seconds, so a stop works
+even when the worker that launched it is gone), on SIGTERM, or when the engine dies.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+
+from inference_endpoints.health import Probe, probe
+from inference_endpoints.registry import Registry
+from inference_endpoints.runtime.process import EngineProcess, free_port, start_engine
+from inference_endpoints.serving_config import ServingSpec
+from inference_endpoints.status import EndpointStatus, ReasonCode
+from inference_endpoints.urls import endpoint_urls
+from tasks.context import load_context, load_engine_host
+from tasks.runs import is_final, run_state
+
+LOADING_PROBE_S = 0.2
+HEALTHY_PROBE_S = 5.0
+OWN_STATE_EVERY_S = 2.0
+
+
+class EngineExited(RuntimeError):
+    """The engine process ended on its own; the message carries its last log lines."""
+
+
+def _publish_artifacts(endpoint_name: str, org: str, spec: ServingSpec, url: str) -> None:
+    key = f"endpoint-{org}-{endpoint_name}".lower().replace("_", "-")
+    create_link_artifact(key=f"{key}-url", link=url, link_text=url,
+                         description=f"Stable URL of endpoint {endpoint_name}")
+    env = "\n".join(f"- `{k}={v}`" for k, v in sorted(spec.env.items()))
+    mounts = "\n".join(f"- `{m.source}` → `{m.target}` (read-only)" for m in spec.mounts)
+    create_markdown_artifact(
+        key=f"{key}-config",
+        markdown=(f"# Serving configuration of `{endpoint_name}`\n\n"
+                  f"```\n{spec.command_line()}\n```\n\n## Environment\n{env}\n\n"
+                  f"## Mounts\n{mounts}\n"),
+        description="Rendered vLLM configuration",
+    )
+
+
+def _mark_cancelled(run_id: str) -> None:
+    """Finish our own cancellation: with no worker left to do it, the server would wait 300 s."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Cancelled(message="endpoint stopped"), force=True)
+
+
+@flow(name="serve-endpoint", log_prints=True)
+def serve_endpoint(endpoint_id: str) -> None:
+    """Serve one endpoint until it is stopped."""
+    logger = get_run_logger()
+    ctx = load_context()
+    registry = ctx.registry
+    endpoint = registry.get_endpoint(endpoint_id)
+    if endpoint is None or EndpointStatus(endpoint.status) in (
+        EndpointStatus.STOPPING, EndpointStatus.STOPPED, EndpointStatus.FAILED
+    ):
+        logger.info("endpoint %s is gone or stopping; nothing to serve", endpoint_id)
+        return
+    own_run = str(flow_run.id)
+    instance = registry.instances()[endpoint.instance]
+    host = load_engine_host(instance.work_pool)
+    spec = ServingSpec.from_json(endpoint.serving_config_json)
+    checkpoints = {m.target: ctx.store.path_of(m.source) for m in spec.mounts}
+    port = free_port(host.backend_host)
+    org = registry.get_org(endpoint.org_id)
+    org_name = org.name if org else endpoint.org_id
+    engine: EngineProcess | None = None
+    try:
+        engine = start_engine(
+            spec,
+            sources=checkpoints,
+            host=host.backend_host,
+            port=port,
+            engine_python=host.engine_python,
+            log_path=Path(host.log_dir) / "engines" / f"{endpoint_id}-{own_run[:8]}.log",
+            run_dir=Path(host.run_dir) / endpoint_id,
+            mode=host.readonly_mode,
+        )
+        registry.update_endpoint(endpoint_id, backend_url=engine.url, serve_run_id=own_run)
+        registry.set_lease_run(endpoint_id, own_run)
+        registry.transition(endpoint_id, EndpointStatus.LOADING,
+                            message=f"engine pid {engine.pid} on {engine.url}")
+        logger.info("engine started (pid %s) at %s, log %s", engine.pid, engine.url,
+                    engine.log_path)
+        _publish_artifacts(endpoint.name, org_name,
+                           spec, endpoint_urls(endpoint.name, org_name).url)
+        _supervise(engine, endpoint_id, own_run, registry)
+    finally:
+        if engine is not None:
+            engine.stop()
+            logger.info("engine stopped")
+
+
+def _supervise(engine: EngineProcess, endpoint_id: str, own_run: str, registry: Registry) -> None:
+    """Watch the engine, our own run state and health until one says stop."""
+    logger = get_run_logger()
+    healthy = False
+    now = time.monotonic()
+    next_state_check = now + OWN_STATE_EVERY_S
+    next_probe = now
+    while True:
+        code = engine.exit_code()
+        if code is not None:
+            tail = "\n".join(engine.tail(15))
+            registry.transition(endpoint_id, EndpointStatus.FAILED, reason=ReasonCode.ENGINE_EXITED,
+                                message=f"vLLM exited with code {code}. Last log lines:\n{tail}")
+            raise EngineExited(f"vLLM exited with code {code}:\n{tail}")
+        now = time.monotonic()
+        if now >= next_state_check:
+            next_state_check = now + OWN_STATE_EVERY_S
+            state = run_state(own_run)
+            if state == StateType.CANCELLING or is_final(state):
+                logger.info("run is %s: stopping the engine", state)
+                engine.stop()
+                _mark_cancelled(own_run)
+                return
+        if now >= next_probe:
+            result = probe(engine.url, timeout_s=2.0)
+            next_probe = now + (HEALTHY_PROBE_S if healthy else LOADING_PROBE_S)
+            if not healthy and result == Probe.HEALTHY:
+                healthy = True
+                registry.transition(endpoint_id, EndpointStatus.HEALTHY,
+                                    message="engine answers /health")
+                logger.info("endpoint is healthy")
+        time.sleep(LOADING_PROBE_S)

@@ -1,0 +1,3 @@
+"""Inference Endpoints: serve a fine-tuned checkpoint at a stable, health-checked URL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,199 @@
+"""Run one vLLM server as a local process tree, with its checkpoints mounted read-only.
+
+Why it is built this way (see DESIGN.md, measured here):
+- vLLM runs three processes; it gets its own process group, and stopping sends
+  SIGTERM to the whole group, then SIGKILL after a grace period.
+- PR_SET_PDEATHSIG makes the engine die with the serve flow that started it, so a
+  killed flow process never leaves an engine serving unseen.
+- Output goes to a log file, never to the flow's pipes (a worker reading pipes kept
+  by an orphaned engine would wait forever).
+- Read-only: in `bind` mode the engine starts inside a private mount namespace
+  (`unshare --mount`) where each checkpoint is bind-mounted and remounted
+  read-only; even root gets EROFS, and the mounts vanish with the engine. Without
+  the privilege to mount, `permissions` mode links the store's read-only files
+  (0444 files, 0555 directories), which holds for a non-root engine only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from inference_endpoints.serving_config import ENGINE_MODULE, ServingSpec
+
+PR_SET_PDEATHSIG = 1
+# Mount each (source, target) pair read-only, then become the engine.
+_MOUNT_SCRIPT = r"""
+set -e
+while [ "$1" != "--" ]; do
+  mount --bind "$1" "$2"
+  mount -o remount,ro,bind "$2"
+  shift 2
+done
+shift
+exec "$@"
+"""
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def can_bind_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+def readonly_mode(requested: str = "auto") -> str:
+    if requested == "auto":
+        return "bind" if can_bind_mount() else "permissions"
+    return requested
+
+
+@dataclass
+class EngineProcess:
+    """A started engine: the leader process, its group and where it logs."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    run_dir: Path
+    host: str
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def exit_code(self) -> int | None:
+        return self.popen.poll()
+
+    def tail(self, lines: int = 20) -> list[str]:
+        try:
+            with self.log_path.open(errors="replace") as fh:
+                return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+        except FileNotFoundError:
+            return []
+
+    def pids(self) -> list[int]:
+        """Every live process of the engine's tree (leader and descendants)."""
+        try:
+            leader = psutil.Process(self.pid)
+            procs = [leader, *leader.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the engine's process group, SIGKILL what is left after `grace_s`."""
+        tree = self.pids()
+        _signal_group(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (self.exit_code() is None or _alive(tree)):
+            time.sleep(0.05)
+        if self.exit_code() is None or _alive(tree):
+            _signal_group(self.pid, signal.SIGKILL)
+            for pid in _alive(tree):
+                _kill(pid)
+            self.popen.wait(timeout=10)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_engine(
+    spec: ServingSpec,
+    *,
+    sources: dict[str, Path],
+    host: str,
+    port: int,
+    engine_python: str,
+    log_path: Path,
+    run_dir: Path,
+    mode: str = "auto",
+    extra_env: dict[str, str] | None = None,
+) -> EngineProcess:
+    """Start vLLM for `spec`. `sources` maps each mount's target to the checkpoint's real path.
+
+    Must be called from the serve flow's main thread: the death signal follows the
+    thread that started the child.
+    """
+    mode = readonly_mode(mode)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_cmd = [engine_python, "-m", ENGINE_MODULE, *spec.args, "--host", host,
+                  "--port", str(port)]
+    mount_args: list[str] = []
+    for mount in spec.mounts:
+        target = Path(mount.target)
+        source = sources[mount.target]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "bind":
+            target.mkdir(exist_ok=True)
+            mount_args += [str(source), str(target)]
+        else:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            target.symlink_to(source, target_is_directory=True)
+    if mode == "bind":
+        cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+               _MOUNT_SCRIPT, "mount-ro", *mount_args, "--", *engine_cmd]
+    else:
+        cmd = engine_cmd
+    env = {**os.environ, **spec.env, **(extra_env or {})}
+    env["VLLM_API_KEY"] = spec.api_key
+    log = log_path.open("ab")
+    try:
+        popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=0,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+    return EngineProcess(popen, log_path, run_dir, host, port)

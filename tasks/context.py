@@ -1,0 +1,31 @@
+"""What every flow needs: the registry, the checkpoint store and the engine host, from blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
+from inference_endpoints.registry import Registry
+from inference_endpoints.store import LocalCheckpointStore
+
+DEFAULT = "default"
+
+
+@dataclass
+class FlowContext:
+    registry: Registry
+    store: LocalCheckpointStore
+
+
+def load_context() -> FlowContext:
+    registry_block = RegistryDatabase.load(DEFAULT)
+    store_block = CheckpointStoreConfig.load(DEFAULT)
+    return FlowContext(registry_block.registry(), store_block.open_store())  # type: ignore[union-attr]
+
+
+def load_engine_host(pool: str) -> EngineHost:
+    """Per-pool engine settings (`engine-host/<pool>`), falling back to `default`."""
+    try:
+        return EngineHost.load(pool)  # type: ignore[return-value]
+    except ValueError:
+        return EngineHost.load(DEFAULT)  # type: ignore[return-value]

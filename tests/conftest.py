@@ -1,0 +1,53 @@
+"""Shared fixtures: registries on SQLite and PostgreSQL, checkpoint directories."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inference_endpoints.db import get_engine
+from inference_endpoints.registry import Registry
+
+PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"ie_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        yield from _pg_database()
+
+
+@pytest.fixture
+def registry(db_url: str) -> Registry:
+    reg = Registry(db_url)
+    reg.init(default_org="default")
+    return reg
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path) -> Registry:
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.init(default_org="default")
+    return reg
