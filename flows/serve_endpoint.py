@@ -103,6 +103,9 @@ def serve_endpoint(endpoint_id: str) -> None:
         if engine is not None:
             engine.stop()
             logger.info("engine stopped")
+        if run_state(own_run) == StateType.CANCELLING:
+            # Confirm at once that we are gone; the worker (if any) would take ~5 s more.
+            _mark_cancelled(own_run)
 
 
 def _supervise(engine: EngineProcess, endpoint_id: str, own_run: str, registry: Registry) -> None:
@@ -125,8 +128,6 @@ def _supervise(engine: EngineProcess, endpoint_id: str, own_run: str, registry: 
             state = run_state(own_run)
             if state == StateType.CANCELLING or is_final(state):
                 logger.info("run is %s: stopping the engine", state)
-                engine.stop()
-                _mark_cancelled(own_run)
                 return
         if now >= next_probe:
             result = probe(engine.url, timeout_s=2.0)

@@ -1,0 +1,66 @@
+"""Make a Prefect server ready: work pools, blocks and deployments.
+
+Needs PREFECT_API_URL in the environment (the stack sets it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+from prefect.workers.process import ProcessWorker
+
+from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
+from deployments.pools import POOLS
+from inference_endpoints.settings import Settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
+
+
+def ensure_pools() -> None:
+    template = ProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client:
+        for pool in POOLS:
+            try:
+                client.read_work_pool(pool.name)
+                client.update_work_pool(pool.name, WorkPoolUpdate(
+                    concurrency_limit=pool.concurrency, description=pool.description))
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(
+                    name=pool.name, type=pool.type, base_job_template=template,
+                    concurrency_limit=pool.concurrency, description=pool.description))
+
+
+def save_blocks(settings: Settings, engine_python: str) -> None:
+    for block_type in (RegistryDatabase, CheckpointStoreConfig, EngineHost):
+        block_type.register_type_and_schema()
+    RegistryDatabase(url=settings.db_url).save("default", overwrite=True)
+    CheckpointStoreConfig(root=str(settings.store_root)).save("default", overwrite=True)
+    EngineHost(
+        engine_python=engine_python,
+        backend_host=settings.backend_host,
+        run_dir=str(settings.run_dir / "engines"),
+        log_dir=str(settings.log_dir),
+    ).save("default", overwrite=True)
+
+
+def deploy(env: dict[str, str]) -> None:
+    """Apply prefect.yaml, exactly as a user would from the CLI."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(PREFECT_FILE)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
+
+
+def apply_all(settings: Settings, engine_python: str, env: dict[str, str]) -> None:
+    ensure_pools()
+    save_blocks(settings, engine_python)
+    deploy(env)

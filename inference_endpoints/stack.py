@@ -1,0 +1,192 @@
+"""The local stack: a Prefect server, one process worker per work pool, blocks and deployments.
+
+Every process is started in its own session with output to a log file under the
+data directory, recorded by PID in `run/stack.json`, and stopped by PID (process
+group), never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from inference_endpoints.settings import Settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def engine_python_default() -> str:
+    """The interpreter with vLLM: `.venv-engine` next to the project, else `IE_ENGINE_PYTHON`."""
+    explicit = os.environ.get("IE_ENGINE_PYTHON")
+    if explicit:
+        return explicit
+    candidate = PROJECT_DIR / ".venv-engine" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+@dataclass
+class StackState:
+    prefect_url: str
+    prefect_pid: int | None = None
+    workers: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"prefect_url": self.prefect_url, "prefect_pid": self.prefect_pid,
+                           "workers": self.workers}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StackState:
+        data = json.loads(text)
+        return cls(data["prefect_url"], data.get("prefect_pid"), data.get("workers", {}))
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return False
+    return proc.status() != psutil.STATUS_ZOMBIE
+
+
+def stop_pid(pid: int | None, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group led by `pid`, SIGKILL it after `grace_s`."""
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                _reap(pid)
+                return
+            time.sleep(0.1)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, worker_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.worker_env = worker_env or {}
+        self.state_path = settings.run_dir / "stack.json"
+        self.prefect_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+
+    # ---- environment --------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """What every process of the stack (and any client of it) needs."""
+        env = dict(os.environ)
+        env.update({
+            "PREFECT_API_URL": self.prefect_url,
+            "PREFECT_HOME": str(self.settings.data_dir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.settings.prefect_port),
+            "PREFECT_UI_ENABLED": env.get("PREFECT_UI_ENABLED", "true"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+            "IE_DATA_DIR": str(self.settings.data_dir),
+            "IE_PROJECT_DIR": str(PROJECT_DIR),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.settings.database_url:
+            env["DATABASE_URL"] = self.settings.database_url
+        env.update(self.worker_env)
+        return env
+
+    def read_state(self) -> StackState | None:
+        if not self.state_path.exists():
+            return None
+        return StackState.from_json(self.state_path.read_text())
+
+    def write_state(self, state: StackState) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(state.to_json())
+
+    def _spawn(self, args: list[str], log_name: str) -> int:
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.settings.log_dir / log_name).open("ab")
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=self.env(),
+                                    cwd=PROJECT_DIR, start_new_session=True)
+        finally:
+            log.close()
+        return proc.pid
+
+    # ---- Prefect server -------------------------------------------------------------------
+
+    def prefect_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.prefect_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_prefect(self, timeout_s: float = 90) -> int | None:
+        state = self.read_state()
+        if state and pid_alive(state.prefect_pid) and self.prefect_healthy():
+            return state.prefect_pid
+        (self.settings.data_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        pid = self._spawn([sys.executable, "-m", "prefect", "server", "start",
+                           "--host", "127.0.0.1", "--port", str(self.settings.prefect_port)],
+                          "prefect-server.log")
+        self.write_state(StackState(self.prefect_url, pid, state.workers if state else {}))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.prefect_healthy():
+                return pid
+            if not pid_alive(pid):
+                raise RuntimeError(
+                    f"Prefect server exited; see {self.settings.log_dir / 'prefect-server.log'}")
+            time.sleep(0.5)
+        raise TimeoutError(f"Prefect server not healthy after {timeout_s:.0f} s")
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def start_worker(self, pool: str) -> int:
+        state = self.read_state() or StackState(self.prefect_url)
+        if pid_alive(state.workers.get(pool)):
+            return state.workers[pool]
+        pid = self._spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                           "--type", "process", "--name", f"{pool}-{os.uname().nodename}"],
+                          f"worker-{pool}.log")
+        state.workers[pool] = pid
+        self.write_state(state)
+        return pid
+
+    def stop_worker(self, pool: str) -> None:
+        state = self.read_state()
+        if state is None:
+            return
+        stop_pid(state.workers.pop(pool, None))
+        self.write_state(state)
+
+    def stop(self) -> None:
+        state = self.read_state()
+        if state is None:
+            return
+        for pool in list(state.workers):
+            stop_pid(state.workers.pop(pool))
+        stop_pid(state.prefect_pid)
+        state.prefect_pid = None
+        self.write_state(state)
