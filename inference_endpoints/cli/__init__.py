@@ -1,0 +1,22 @@
+"""The `endpoints` command line: one Typer app assembled from small command modules."""
+
+from __future__ import annotations
+
+import typer
+
+from inference_endpoints.cli import checkpoints, endpoints, stack
+
+app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
+app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
+app.command("instances")(checkpoints.instances_cmd)
+app.command("up")(stack.up_cmd)
+app.command("down")(stack.down_cmd)
+app.command("status")(stack.status_cmd)
+app.command("demo")(stack.demo_cmd)
+app.command("create")(endpoints.create_cmd)
+app.command("list")(endpoints.list_cmd)
+app.command("show")(endpoints.show_cmd)
+app.command("stop")(endpoints.stop_cmd)
+app.command("rm")(endpoints.rm_cmd)
+
+__all__ = ["app"]

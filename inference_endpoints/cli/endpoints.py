@@ -1,0 +1,203 @@
+"""`endpoints create | list | show | stop | rm`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from inference_endpoints.cli.common import (
+    STATUS_STYLE,
+    Context,
+    err,
+    fit_table,
+    load_context,
+    out,
+    use_stack,
+    user_errors,
+)
+from inference_endpoints.runtime import model_root_resolver
+from inference_endpoints.settings import Settings
+from inference_endpoints.status import Precision, Quantization
+from inference_endpoints.validation import CreateRequest
+
+
+def _phase_line(ctx: Context, endpoint_id: str, started: float) -> str:
+    ep = ctx.registry.get_endpoint(endpoint_id)
+    if ep is None:
+        return "recording…"
+    style = STATUS_STYLE.get(ep.status, "white")
+    return f"[{style}]{ep.status}[/] {ep.name}  ({time.monotonic() - started:.0f} s)"
+
+
+def create_cmd(
+    name: Annotated[str, typer.Argument(help="Endpoint name (a DNS label)")],
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint id or name")],
+    instance: Annotated[str, typer.Option(help="Instance type (see `endpoints instances`)")] = (
+        "cpu-dev"
+    ),
+    max_context: Annotated[str, typer.Option(help="Maximum context length in tokens")] = "2048",
+    precision: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")] = (
+        Precision.AUTO.value
+    ),
+    quantization: Annotated[str, typer.Option(help="none, fp8, awq, gptq, …")] = (
+        Quantization.NONE.value
+    ),
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate and render only; deploy nothing")] = False,
+) -> None:
+    """Create an endpoint serving a checkpoint and wait until it is healthy."""
+    from inference_endpoints.operations import plan_create
+
+    settings = Settings()
+    use_stack(settings)
+    ctx = load_context()
+    request = CreateRequest(name, checkpoint, instance, max_context, precision, quantization)
+    with user_errors():
+        plan = plan_create(ctx.registry, ctx.org_id, request,
+                           model_root_resolver(ctx.settings.run_dir / "engines"))
+    if dry_run:
+        out.print(fit_table(plan.request.fit.as_rows()))
+        out.print(config_table(plan.spec))
+        out.print("[green]Valid.[/] Dry run: nothing was deployed.")
+        return
+    from flows.create_endpoint import create_endpoint
+
+    org = ctx.registry.get_org(ctx.org_id)
+    assert org is not None
+    started = time.monotonic()
+    done = threading.Event()
+    status = out.status(f"Creating {name}…")
+
+    def follow() -> None:
+        while not done.wait(0.5):
+            ep = ctx.registry.find_endpoint(ctx.org_id, name)
+            if ep is not None:
+                status.update(_phase_line(ctx, ep.id, started))
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    with status:
+        watcher.start()
+        try:
+            create_endpoint(name=name, checkpoint=checkpoint, instance=instance,
+                            max_context=int(max_context), precision=Precision(precision),
+                            quantization=Quantization(quantization), org=org.name,
+                            idempotency_key=idempotency_key)
+        except Exception:  # the registry holds the reason; shown below
+            pass
+        finally:
+            done.set()
+    ep = ctx.registry.find_endpoint(ctx.org_id, name)
+    if ep is None or ep.status != "healthy":
+        reason = f"{ep.reason_code}: {ep.reason_message}\n  hint: {ep.reason_hint}" if ep else ""
+        err.print(f"[bold red]Endpoint {name} failed[/] {reason}")
+        raise typer.Exit(1)
+    show_endpoint(ctx, ep.id)
+
+
+def config_table(spec: object) -> Table:
+    from inference_endpoints.serving_config import ServingSpec
+
+    assert isinstance(spec, ServingSpec)
+    table = Table(show_header=False, title="Serving configuration")
+    table.add_row("command", spec.command_line())
+    for key, value in sorted(spec.env.items()):
+        table.add_row(f"env {key}", value)
+    for mount in spec.mounts:
+        table.add_row("mount (read-only)", f"{mount.source} -> {mount.target}")
+    return table
+
+
+def show_endpoint(ctx: Context, endpoint_id: str) -> None:
+    from inference_endpoints.serving_config import ServingSpec
+    from inference_endpoints.urls import endpoint_urls
+
+    ep = ctx.registry.get_endpoint(endpoint_id)
+    assert ep is not None
+    org = ctx.registry.get_org(ep.org_id)
+    urls = endpoint_urls(ep.name, org.name if org else ep.org_id, ctx.settings)
+    table = Table(show_header=False, title=f"endpoint {ep.name}")
+    style = STATUS_STYLE.get(ep.status, "white")
+    table.add_row("status", f"[{style}]{ep.status}[/]")
+    if ep.reason_code:
+        table.add_row("reason", f"{ep.reason_code}: {ep.reason_message}")
+        table.add_row("hint", ep.reason_hint or "")
+    table.add_row("url", urls.url)
+    table.add_row("backend (internal)", ep.backend_url or "-")
+    table.add_row("model name", ep.served_model_name)
+    table.add_row("checkpoint", ep.checkpoint_id)
+    table.add_row("instance", ep.instance)
+    table.add_row("max context / precision / quantization",
+                  f"{ep.max_context} / {ep.precision} / {ep.quantization}")
+    table.add_row("serve run", ep.serve_run_id or "-")
+    for label, ts in (("requested", ep.created_at), ("scheduled", ep.scheduled_at),
+                      ("loading", ep.loading_at), ("healthy", ep.healthy_at),
+                      ("ended", ep.ended_at)):
+        if ts is not None:
+            table.add_row(label, ts.strftime("%H:%M:%S"))
+    out.print(table)
+    out.print(config_table(ServingSpec.from_json(ep.serving_config_json)))
+    events = Table("time", "event", "reason", "message", title="activity")
+    for ev in ctx.registry.activity(ep.id):
+        change = f"{ev.from_status or ''} → {ev.to_status}" if ev.to_status else ev.kind
+        events.add_row(ev.at.strftime("%H:%M:%S"), change, ev.reason_code or "",
+                       ev.message.splitlines()[0] if ev.message else "")
+    out.print(events)
+
+
+def list_cmd() -> None:
+    """List this organization's endpoints."""
+    ctx = load_context()
+    table = Table("name", "status", "model", "instance", "url", "created")
+    for ep in ctx.registry.list_endpoints(ctx.org_id):
+        ckpt = ctx.registry.find_checkpoint(ctx.org_id, ep.checkpoint_id)
+        style = STATUS_STYLE.get(ep.status, "white")
+        from inference_endpoints.urls import endpoint_urls
+
+        org = ctx.registry.get_org(ep.org_id)
+        table.add_row(ep.name, f"[{style}]{ep.status}[/]",
+                      f"{ckpt.base_model if ckpt else '?'} / {ckpt.name if ckpt else '?'}",
+                      ep.instance, endpoint_urls(ep.name, org.name if org else "?").url,
+                      ep.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+def show_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:
+    """Show an endpoint: status, URL, serving configuration, activity."""
+    ctx = load_context()
+    ep = ctx.registry.find_endpoint(ctx.org_id, name)
+    if ep is None:
+        err.print(f"[red]No endpoint {name!r}.[/]")
+        raise typer.Exit(2)
+    show_endpoint(ctx, ep.id)
+
+
+def stop_endpoint_by_name(name: str, remove: bool) -> str:
+    settings = Settings()
+    use_stack(settings)
+    ctx = load_context()
+    ep = ctx.registry.find_endpoint(ctx.org_id, name)
+    if ep is None:
+        err.print(f"[red]No endpoint {name!r}.[/]")
+        raise typer.Exit(2)
+    from flows.stop_endpoint import stop_endpoint
+
+    org = ctx.registry.get_org(ctx.org_id)
+    with out.status(f"Stopping {name}…"), user_errors():
+        return str(stop_endpoint(endpoint=ep.id, org=org.name if org else settings.org,
+                                 remove=remove))
+
+
+def stop_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:
+    """Stop an endpoint; its checkpoint lease is released once it is confirmed gone."""
+    out.print(f"{name}: {stop_endpoint_by_name(name, remove=False)}")
+
+
+def rm_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:
+    """Stop an endpoint if needed, then remove its record (freeing the name)."""
+    out.print(f"{name}: {stop_endpoint_by_name(name, remove=True)}")
+
+
