@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from inference_endpoints.engine_logs import failure_summary
 from inference_endpoints.health import Probe, probe
 from inference_endpoints.registry import Registry
 from inference_endpoints.runtime.process import EngineProcess, free_port, start_engine
@@ -118,10 +119,10 @@ def _supervise(engine: EngineProcess, endpoint_id: str, own_run: str, registry: 
     while True:
         code = engine.exit_code()
         if code is not None:
-            tail = "\n".join(engine.tail(15))
+            summary = failure_summary(code, engine.tail(400))
             registry.transition(endpoint_id, EndpointStatus.FAILED, reason=ReasonCode.ENGINE_EXITED,
-                                message=f"vLLM exited with code {code}. Last log lines:\n{tail}")
-            raise EngineExited(f"vLLM exited with code {code}:\n{tail}")
+                                message=summary)
+            raise EngineExited(summary)
         now = time.monotonic()
         if now >= next_state_check:
             next_state_check = now + OWN_STATE_EVERY_S

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from inference_endpoints.catalog import CATALOG, InstanceSpec
@@ -279,6 +280,31 @@ class Registry:
         row-locks it until commit, so a concurrent delete either happens before
         (and we refuse) or after (and it sees our lease).
         """
+        try:
+            return self._record_endpoint(org_id, request, spec, endpoint_id=endpoint_id,
+                                         idempotency_key=idempotency_key,
+                                         create_run_id=create_run_id)
+        except IntegrityError:
+            # Two submissions with the same idempotency key raced; the first one won.
+            existing = self.find_by_idempotency_key(org_id, idempotency_key or "")
+            if existing is None:
+                raise invalid(
+                    "name_taken", "name",
+                    f"An endpoint named {request.name!r} already exists in this organization.",
+                    "Pick another name, or remove the existing endpoint first (`endpoints rm`).",
+                ) from None
+            return existing
+
+    def _record_endpoint(
+        self,
+        org_id: str,
+        request: ValidatedCreate,
+        spec: ServingSpec,
+        *,
+        endpoint_id: str,
+        idempotency_key: str | None,
+        create_run_id: str | None,
+    ) -> Endpoint:
         ckpt = request.checkpoint
         leased = [ckpt] + ([ckpt.base] if ckpt.base is not None else [])
         with self.session() as s:

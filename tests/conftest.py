@@ -11,6 +11,7 @@ import pytest
 
 from inference_endpoints.db import get_engine
 from inference_endpoints.registry import Registry
+from tests.session_env import SESSION  # noqa: F401  (sets PREFECT_* before any Prefect import)
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

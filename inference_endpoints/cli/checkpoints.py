@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -47,13 +47,33 @@ def register_cmd(
 def list_checkpoints_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Include deleted and reclaimed")] = False,
 ) -> None:
-    """List this organization's checkpoints."""
+    """List this organization's checkpoints, with the endpoints holding each one."""
+    from inference_endpoints.checkpoint_lifecycle import list_with_holders
+
     ctx = load_context()
-    table = Table("id", "name", "kind", "base model", "size", "status", "created")
-    for row in ctx.registry.list_checkpoints(ctx.org_id, include_deleted=all_):
+    table = Table("id", "name", "kind", "base model", "size", "status", "held by", "created")
+    for row, holders in list_with_holders(ctx.registry, ctx.org_id, include_deleted=all_):
+        style = CHECKPOINT_STYLE.get(row.status, "white")
         table.add_row(row.id, row.name, row.kind, row.base_model, f"{row.size_bytes:,}",
-                      row.status, row.created_at.strftime("%Y-%m-%d %H:%M"))
+                      f"[{style}]{row.status}[/]", ", ".join(h.label() for h in holders) or "-",
+                      row.created_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
+
+
+@checkpoint_app.command("delete")
+def delete_checkpoint_cmd(ref: Annotated[str, typer.Argument(help="Checkpoint id or name")]) -> None:
+    """Delete a checkpoint record now; its bytes are reclaimed once no endpoint run can read them."""
+    from inference_endpoints.checkpoint_lifecycle import delete_checkpoint
+
+    ctx = load_context()
+    with user_errors():
+        answer = delete_checkpoint(ctx.registry, ctx.org_id, ref)
+    out.print(answer.message())
+    if answer.held:
+        table = Table("endpoint", "status", "serve run", title="held by")
+        for h in answer.holders:
+            table.add_row(h.endpoint_name, h.endpoint_status or "removed", h.flow_run_id or "-")
+        out.print(table)
 
 
 @checkpoint_app.command("show")
@@ -86,4 +106,46 @@ def instances_cmd() -> None:
     out.print(table)
 
 
+def gc_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report only; delete nothing")] = False,
+) -> None:
+    """Collect checkpoint garbage now: reclaim deleted checkpoints no endpoint run can still read."""
+    import httpx
 
+    from inference_endpoints.cli.common import use_stack
+    from inference_endpoints.settings import Settings
+
+    use_stack(Settings())
+    load_context()  # migrate and check the org before Prefect is involved
+    from flows.collect_garbage import collect_checkpoint_garbage
+
+    try:
+        with out.status("Collecting checkpoint garbage…"):
+            report = collect_checkpoint_garbage(dry_run=dry_run)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Prefect is not reachable ({exc}); start the stack with `endpoints up`.[/]")
+        raise typer.Exit(1) from None
+    print_gc_report(report)
+    if report.get("prefect_error"):
+        raise typer.Exit(1)
+
+
+def print_gc_report(report: dict[str, Any]) -> None:
+    title = "garbage collection (dry run)" if report["dry_run"] else "garbage collection"
+    table = Table("checkpoint", "id", "result", "bytes freed", "detail", title=title)
+    for row in report["rows"]:
+        style = GC_STYLE.get(row["result"], "white")
+        table.add_row(row["checkpoint"], row["id"], f"[{style}]{row['result']}[/]",
+                      f"{int(row['bytes freed']):,}", row["detail"])
+    out.print(table)
+    counts = report["counts"]
+    out.print(f"{counts['reclaimed']} reclaimed ({report['bytes_freed']:,} bytes freed), "
+              f"{counts['would reclaim']} would be reclaimed, {counts['held']} held, "
+              f"{counts['skipped']} skipped.")
+    if report.get("prefect_error"):
+        err.print(f"[bold red]Prefect unreachable, nothing reclaimed:[/] {report['prefect_error']}")
+
+
+CHECKPOINT_STYLE = {"available": "green", "deleted": "yellow", "reclaiming": "yellow",
+                    "reclaimed": "dim"}
+GC_STYLE = {"reclaimed": "green", "would reclaim": "cyan", "held": "yellow", "skipped": "red"}

@@ -1,0 +1,170 @@
+"""Benchmark: create request → healthy through the stack vs. a bare vLLM start, and stop time.
+
+One command (from the repository root, after setup):
+
+    .venv/bin/python -m bench.serve_startup [--rounds 2]
+
+It starts its own Prefect server and worker in a temporary data directory, serves the demo
+checkpoint with identical engine flags both ways, alternating bare and orchestrated runs so
+both see the same machine load, and prints a table. Targets (issue 3): orchestration adds at
+most 3 s (ratio <= 1.1), stop request → all processes gone <= 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _configure_env(data_dir: Path) -> None:
+    os.environ["IE_DATA_DIR"] = str(data_dir)
+    port = _free_port()
+    os.environ["IE_PREFECT_PORT"] = str(port)
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+def _wait_health(url: str, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def bare_run(engine_python: str, model_dir: Path, args: list[str], log: Path) -> tuple[float, float]:
+    """Start vLLM directly with the same flags; return (seconds to healthy, seconds to stop)."""
+    port = _free_port()
+    cmd = [engine_python, "-m", "vllm.entrypoints.openai.api_server", *args,
+           "--host", "127.0.0.1", "--port", str(port)]
+    idx = cmd.index("--model")
+    cmd[idx + 1] = str(model_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_NO_USAGE_STATS": "1"}
+    started = time.monotonic()
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                process_group=0)
+    _wait_health(f"http://127.0.0.1:{port}")
+    healthy = time.monotonic() - started
+    stop_started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    while not _group_gone(proc.pid):
+        time.sleep(0.02)
+    proc.wait()
+    return healthy, time.monotonic() - stop_started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    opts = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="ie-bench-"))
+    _configure_env(data_dir)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from deployments.apply import apply_all
+    from inference_endpoints.demo import default_demo_dir, make_demo
+    from inference_endpoints.operations import register_checkpoint
+    from inference_endpoints.registry import Registry
+    from inference_endpoints.serving_config import ServingSpec
+    from inference_endpoints.settings import Settings
+    from inference_endpoints.stack import LocalStack, engine_python_default
+    from inference_endpoints.status import Precision
+    from inference_endpoints.store import LocalCheckpointStore
+    from tests.e2e.engine_tools import alive, process_tree
+
+    console = Console()
+    settings = Settings()
+    stack = LocalStack(settings)
+    registry = Registry(settings.db_url)
+    registry.init(default_org="default")
+    org = registry.get_org_by_name("default")
+    assert org is not None
+    bare_healthy: list[float] = []
+    bare_stop: list[float] = []
+    stack_healthy: list[float] = []
+    stack_stop: list[float] = []
+    try:
+        stack.start_prefect()
+        apply_all(settings, engine_python_default(), stack.env())
+        stack.start_worker("cpu-dev")
+        demo = make_demo(default_demo_dir())
+        register_checkpoint(registry, LocalCheckpointStore(settings.store_root), org.id, demo.full,
+                            "demo-tiny-llama")
+        from flows.create_endpoint import create_endpoint
+        from flows.stop_endpoint import stop_endpoint
+
+        for i in range(opts.rounds):
+            name = f"bench-{i}"
+            started = time.monotonic()
+            create_endpoint(name=name, checkpoint="demo-tiny-llama", instance="cpu-dev",
+                            max_context=1024, precision=Precision.FLOAT32)
+            stack_healthy.append(time.monotonic() - started)
+            ep = registry.find_endpoint(org.id, name)
+            assert ep is not None and ep.status == "healthy" and ep.backend_url
+            from tests.e2e.engine_tools import backend_port, listener_pid
+
+            pids = process_tree(listener_pid(backend_port(ep.backend_url)) or 0)
+            started = time.monotonic()
+            stop_endpoint(endpoint=name)
+            while alive(pids):
+                time.sleep(0.02)
+            stack_stop.append(time.monotonic() - started)
+            spec = ServingSpec.from_json(ep.serving_config_json)
+            healthy, stop = bare_run(engine_python_default(), demo.full, spec.args,
+                                     settings.log_dir / "bare.log")
+            bare_healthy.append(healthy)
+            bare_stop.append(stop)
+            console.print(f"round {i + 1}: stack {stack_healthy[-1]:.1f} s, bare {healthy:.1f} s")
+    finally:
+        stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    table = Table("measure", "bare vLLM", "through the stack", "difference", "ratio", "target",
+                  title=f"serve startup and stop (median of {opts.rounds})")
+    diff = med(stack_healthy) - med(bare_healthy)
+    table.add_row("request → healthy (s)", f"{med(bare_healthy):.1f}", f"{med(stack_healthy):.1f}",
+                  f"{diff:+.1f}", f"{med(stack_healthy) / med(bare_healthy):.2f}", "≤ +3 s, ≤ 1.10")
+    table.add_row("stop → processes gone (s)", f"{med(bare_stop):.1f}", f"{med(stack_stop):.1f}",
+                  f"{med(stack_stop) - med(bare_stop):+.1f}", "", "≤ 5 s")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

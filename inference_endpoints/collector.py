@@ -1,0 +1,218 @@
+"""One garbage collection: load facts → ask the witnesses → plan (pure) → execute.
+
+The two witnesses are injected: `RunStateSource` (Prefect, in production) and
+`BackendProbe` (HTTP probes). The whole collection is a generator that yields
+after every step, so tests can interleave it with creates, deletes and stops, or
+kill it between any two steps; `collect` simply runs it to the end.
+
+Crash safety: `reclaiming` is written before bytes are deleted and `reclaimed`
+after; a collection cut short is finished by the next one (deleting is
+idempotent), and only bytes a `reclaim` call really freed are ever reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from inference_endpoints import checkpoint_lifecycle as lifecycle
+from inference_endpoints.gc import (
+    Action,
+    CheckpointFact,
+    Decision,
+    Evidence,
+    Facts,
+    Holder,
+    RunFact,
+    backends_to_probe,
+    plan,
+    runs_to_read,
+)
+from inference_endpoints.health import answers
+from inference_endpoints.models import utcnow
+from inference_endpoints.registry import Registry
+from inference_endpoints.store import CheckpointStore, UnsafePath
+
+RunStateSource = Callable[[Sequence[str]], Mapping[str, RunFact]]
+BackendProbe = Callable[[Sequence[str]], Mapping[str, bool]]
+T = TypeVar("T")
+
+
+class RunStatesUnavailable(Exception):
+    """The run-state source (Prefect) could not be asked; the message says why."""
+
+
+def probe_backends(urls: Sequence[str], timeout_s: float = 1.0, workers: int = 16) -> dict[str, bool]:
+    """Does anything still answer at each backend address? Probed in parallel."""
+    if not urls:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(workers, len(urls))) as pool:
+        return dict(zip(urls, pool.map(lambda u: answers(u, timeout_s), urls), strict=True))
+
+
+class Result(StrEnum):
+    RECLAIMED = "reclaimed"
+    WOULD_RECLAIM = "would reclaim"
+    HELD = "held"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    checkpoint: CheckpointFact
+    result: Result
+    detail: str
+    bytes_freed: int = 0  # what this collection's `reclaim` call returned, never an estimate
+    holders: tuple[Holder, ...] = ()
+
+    def row(self) -> dict[str, str]:
+        detail = self.detail
+        if self.holders:
+            detail += ": " + "; ".join(
+                f"{h.endpoint_name} (run {h.flow_run_id or '-'}: {h.why})" for h in self.holders)
+        return {"checkpoint": self.checkpoint.name, "id": self.checkpoint.id,
+                "org": self.checkpoint.org_id, "result": self.result.value,
+                "bytes freed": str(self.bytes_freed), "detail": detail}
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    outcomes: list[Outcome] = field(default_factory=list)
+    prefect_error: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def of(self, result: Result) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result == result]
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(o.bytes_freed for o in self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        return {r.value: len(self.of(r)) for r in Result}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: what the flow returns and the CLI prints."""
+        return {"dry_run": self.dry_run, "prefect_error": self.prefect_error,
+                "counts": self.counts(), "bytes_freed": self.bytes_freed,
+                "timings_s": self.timings_s, "rows": [o.row() for o in self.outcomes]}
+
+
+def collect(registry: Registry, store: CheckpointStore, runs: RunStateSource, backends: BackendProbe,
+            *, dry_run: bool, lease_grace_s: float,
+            clock: Callable[[], datetime] = utcnow) -> Report:
+    return drive(collect_steps(registry, store, runs, backends, dry_run=dry_run,
+                               lease_grace_s=lease_grace_s, clock=clock))
+
+
+def drive(steps: Generator[str, None, T]) -> T:
+    """Run a step generator to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def collect_steps(registry: Registry, store: CheckpointStore, runs: RunStateSource,
+                  backends: BackendProbe, *, dry_run: bool, lease_grace_s: float,
+                  clock: Callable[[], datetime] = utcnow) -> Generator[str, None, Report]:
+    """The collection, one step per `yield` (the yielded value names the step just done)."""
+    timings: dict[str, float] = {}
+    with _timed(timings, "load facts"):
+        candidates = lifecycle.load_candidates(registry)
+    yield "candidates loaded"
+    with _timed(timings, "load facts"):
+        leases = lifecycle.load_leases(registry, candidates)
+    yield "leases loaded"
+    facts = Facts(candidates, leases, clock())
+    evidence = yield from _gather_evidence(facts, runs, backends, lease_grace_s, timings)
+    with _timed(timings, "plan"):
+        decisions = plan(facts, evidence, lease_grace_s=lease_grace_s)
+    yield "planned"
+    with _timed(timings, "execute"):
+        outcomes = yield from execute_steps(registry, store, decisions, dry_run=dry_run)
+    return Report(dry_run, outcomes, evidence.prefect_error, timings)
+
+
+def _gather_evidence(facts: Facts, runs: RunStateSource, backends: BackendProbe,
+                     grace_s: float, timings: dict[str, float]) -> Generator[str, None, Evidence]:
+    states: Mapping[str, RunFact] | None = None
+    with _timed(timings, "read run states"):
+        try:
+            # Asked even with no run to read: an unreachable Prefect stops the whole collection.
+            states = runs(runs_to_read(facts))
+        except RunStatesUnavailable as exc:
+            error = str(exc)
+    yield "run states read"
+    if states is None:
+        return Evidence(runs=None, prefect_error=error)
+    with _timed(timings, "probe backends"):
+        answering = backends(backends_to_probe(facts, states, lease_grace_s=grace_s))
+    yield "backends probed"
+    return Evidence(runs=states, answering=answering)
+
+
+def execute_steps(registry: Registry, store: CheckpointStore, decisions: Sequence[Decision],
+                  *, dry_run: bool) -> Generator[str, None, list[Outcome]]:
+    outcomes: list[Outcome] = []
+    for d in decisions:
+        if d.action == Action.HOLD:
+            outcomes.append(Outcome(d.checkpoint, Result.HELD, d.reason, holders=d.holders))
+        elif d.action == Action.SKIP:
+            outcomes.append(Outcome(d.checkpoint, Result.SKIPPED, d.reason))
+        elif dry_run:
+            outcomes.append(Outcome(d.checkpoint, Result.WOULD_RECLAIM,
+                                    f"{d.reason} (about {d.checkpoint.size_bytes:,} bytes)"))
+        else:
+            outcome = yield from _reclaim_steps(registry, store, d)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _reclaim_steps(registry: Registry, store: CheckpointStore,
+                   d: Decision) -> Generator[str, None, Outcome]:
+    ckpt = d.checkpoint
+    try:
+        store.path_of(ckpt.location)  # refuse before writing anything
+    except UnsafePath as exc:
+        return Outcome(ckpt, Result.SKIPPED, f"unsafe location, never deleted: {exc}")
+    if d.action == Action.RECLAIM:
+        if not lifecycle.mark_reclaiming(registry, ckpt.id):
+            return Outcome(ckpt, Result.SKIPPED, "no longer `deleted` (another collection took it)")
+        yield f"{ckpt.id} marked reclaiming"
+    try:
+        freed = store.reclaim(ckpt.location)
+    except UnsafePath as exc:
+        return Outcome(ckpt, Result.SKIPPED, f"unsafe location, never deleted: {exc}")
+    except OSError as exc:
+        return Outcome(ckpt, Result.SKIPPED, f"could not delete its bytes ({exc}); retried next time")
+    yield f"{ckpt.id} bytes deleted"
+    marked = lifecycle.mark_reclaimed(registry, ckpt.id)
+    yield f"{ckpt.id} marked reclaimed"
+    detail = d.reason if marked else f"{d.reason}; another collection marked it reclaimed"
+    return Outcome(ckpt, Result.RECLAIMED, detail, bytes_freed=freed)
+
+
+class _timed:
+    """Accumulate wall time per phase into `timings` (phases may be entered several times)."""
+
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.started
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,275 @@
+"""Delete, leases and collection against real registries (SQLite and PostgreSQL) and a real store."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from inference_endpoints import checkpoint_lifecycle as lifecycle
+from inference_endpoints.collector import Report, Result, collect, collect_steps
+from inference_endpoints.errors import RequestInvalid
+from inference_endpoints.gc import RunState
+from inference_endpoints.models import Checkpoint
+from inference_endpoints.registry import Registry
+from inference_endpoints.status import CheckpointStatus, EndpointStatus
+from tests.gc_support import GcWorld
+
+GRACE = 600.0
+
+
+@pytest.fixture
+def world(registry: Registry, tmp_path: Path) -> GcWorld:
+    return GcWorld.make(registry, tmp_path)
+
+
+def run_gc(w: GcWorld, *, dry_run: bool = False, grace: float = GRACE) -> Report:
+    return collect(w.registry, w.store, w.prefect, w.backends, dry_run=dry_run, lease_grace_s=grace)
+
+
+def test_delete_marks_deleted_hides_and_refuses_new_endpoints(world: GcWorld) -> None:
+    ckpt = world.register_full("tiny")
+    answer = lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    assert answer.newly_deleted and not answer.held
+    assert "reclaimed at the next collection" in answer.message()
+    assert answer.checkpoint.status == CheckpointStatus.DELETED and answer.checkpoint.deleted_at
+    assert [c.id for c in world.registry.list_checkpoints(world.org_id)] == []
+    assert [c.id for c in world.registry.list_checkpoints(world.org_id, include_deleted=True)] == [ckpt.id]
+    with pytest.raises(RequestInvalid) as exc:
+        world.create("ep", "tiny")
+    assert exc.value.codes == ["checkpoint_deleted"]
+    assert world.bytes_exist(ckpt)  # no byte deletion outside the collector
+    again = lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
+    assert not again.newly_deleted and "already deleted" in again.message()
+
+
+def test_delete_unknown_or_other_orgs_checkpoint_is_refused(world: GcWorld) -> None:
+    other, _ = world.registry.create_org("other")
+    theirs = world.register_full("theirs")
+    with world.registry.session() as s:  # move it to the other org
+        row = s.get(Checkpoint, theirs.id)
+        assert row is not None
+        row.org_id = other.id
+        s.add(row)
+    for ref in ("nope", theirs.id):
+        with pytest.raises(RequestInvalid) as exc:
+            lifecycle.delete_checkpoint(world.registry, world.org_id, ref)
+        assert exc.value.codes == ["checkpoint_not_found"]
+    with world.registry.session() as s:
+        assert s.get(Checkpoint, theirs.id).status == "available"  # type: ignore[union-attr]
+
+
+def test_delete_while_served_names_the_holders_and_keeps_serving(world: GcWorld) -> None:
+    base = world.register_full("demo-tiny-llama")
+    lora = world.register_lora("adapter", "demo-tiny-llama")
+    ep = world.create("lora-ep", "adapter")  # leases the adapter *and* its base
+    world.start(ep.id, "run-1", "http://127.0.0.1:9001")
+    world.registry.transition(ep.id, EndpointStatus.LOADING)
+    answer = lifecycle.delete_checkpoint(world.registry, world.org_id, "demo-tiny-llama")
+    assert answer.held and [h.endpoint_name for h in answer.holders] == ["lora-ep"]
+    assert answer.holders[0].endpoint_status == "loading" and answer.holders[0].flow_run_id == "run-1"
+    assert answer.orphaned_adapters == ("adapter",)
+    assert "held by lora-ep (loading)" in answer.message()
+    listed = {row.name: [h.endpoint_name for h in hs] for row, hs in lifecycle.list_with_holders(
+        world.registry, world.org_id, include_deleted=True)}
+    assert listed == {"demo-tiny-llama": ["lora-ep"], "adapter": ["lora-ep"]}
+    ep_row = world.registry.get_endpoint(ep.id)
+    assert ep_row is not None and ep_row.status == "loading"  # undisturbed
+    report = run_gc(world)
+    assert [o.result for o in report.outcomes] == [Result.HELD]
+    assert report.outcomes[0].holders[0].endpoint_name == "lora-ep"
+    assert world.bytes_exist(base) and world.bytes_exist(lora)
+    world.stop(ep.id, "run-1", "http://127.0.0.1:9001")
+    report = run_gc(world)
+    assert [(o.checkpoint.id, o.result) for o in report.outcomes] == [(base.id, Result.RECLAIMED)]
+    assert report.bytes_freed == base.size_bytes > 0
+    assert world.status(base.id) == "reclaimed" and not world.bytes_exist(base)
+    assert world.bytes_exist(lora)  # still available: never a candidate
+    assert run_gc(world).outcomes == []  # reclaimed ones are done for good
+
+
+def test_load_facts_reads_every_lease_with_its_backend(world: GcWorld) -> None:
+    keep = world.register_full("keep")
+    gone = world.register_full("gone")
+    a = world.create("a", "gone")
+    world.start(a.id, "run-a", "http://127.0.0.1:9101")
+    world.stop(a.id, "run-a", "http://127.0.0.1:9101")
+    b = world.create("b", "gone")
+    world.start(b.id, "run-b", None)
+    world.create("c", "keep")
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "gone")
+    facts = lifecycle.load_facts(world.registry)
+    assert [c.id for c in facts.checkpoints] == [gone.id]
+    leases = sorted(facts.leases[gone.id], key=lambda lease: lease.endpoint_name)
+    assert [(x.endpoint_name, x.flow_run_id, x.released, x.backend_url) for x in leases] == [
+        ("a", "run-a", True, "http://127.0.0.1:9101"), ("b", "run-b", False, None)]
+    assert keep.id not in facts.leases
+    world.registry.transition(a.id, EndpointStatus.STOPPING)
+    world.registry.transition(a.id, EndpointStatus.STOPPED)
+    world.registry.remove_endpoint(a.id)  # the lease outlives the record; no address to probe
+    leases = lifecycle.load_facts(world.registry).leases[gone.id]
+    assert {x.endpoint_name: x.backend_url for x in leases} == {"a": None, "b": None}
+
+
+def test_guarded_marks_win_once(world: GcWorld) -> None:
+    ckpt = world.register_full("tiny")
+    assert not lifecycle.mark_reclaiming(world.registry, ckpt.id)  # still available
+    lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
+    assert not lifecycle.mark_reclaimed(world.registry, ckpt.id)  # not reclaiming yet
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id)
+    assert not lifecycle.mark_reclaiming(world.registry, ckpt.id)
+    assert lifecycle.mark_reclaimed(world.registry, ckpt.id)
+    assert not lifecycle.mark_reclaimed(world.registry, ckpt.id)
+    row = world.registry.find_checkpoint(world.org_id, ckpt.id)
+    assert row is not None and row.status == "reclaimed" and row.reclaimed_at is not None
+
+
+def test_dry_run_writes_nothing(world: GcWorld) -> None:
+    ckpt = world.register_full("tiny")
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    report = run_gc(world, dry_run=True)
+    assert [o.result for o in report.outcomes] == [Result.WOULD_RECLAIM]
+    assert report.bytes_freed == 0 and world.bytes_exist(ckpt) and world.status(ckpt.id) == "deleted"
+
+
+@pytest.mark.parametrize("killed_after", ["marked reclaiming", "bytes deleted"])
+def test_a_killed_collection_is_finished_next_time(world: GcWorld, killed_after: str) -> None:
+    ckpt = world.register_full("tiny")
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    steps = collect_steps(world.registry, world.store, world.prefect, world.backends,
+                          dry_run=False, lease_grace_s=GRACE)
+    for step in steps:
+        if step.endswith(killed_after):
+            steps.close()  # the process dies here
+            break
+    assert world.status(ckpt.id) == "reclaiming"
+    assert world.bytes_exist(ckpt) == (killed_after == "marked reclaiming")
+    report = run_gc(world)
+    [outcome] = report.outcomes
+    assert outcome.result == Result.RECLAIMED and "earlier collection" in outcome.detail
+    actually_freed = sum(world.store.freed[ckpt.location])
+    assert actually_freed == ckpt.size_bytes
+    # Only what this run freed is reported: nothing if the killed run had already deleted the bytes.
+    assert outcome.bytes_freed == (ckpt.size_bytes if killed_after == "marked reclaiming" else 0)
+    assert world.status(ckpt.id) == "reclaimed" and not world.bytes_exist(ckpt)
+
+
+def test_prefect_down_reclaims_nothing_and_says_why(world: GcWorld) -> None:
+    never_leased = world.register_full("never")
+    served = world.register_full("served")
+    ep = world.create("ep", "served")
+    world.start(ep.id, "run-1", "http://127.0.0.1:9001")
+    world.stop(ep.id, "run-1", "http://127.0.0.1:9001")
+    for name in ("never", "served"):
+        lifecycle.delete_checkpoint(world.registry, world.org_id, name)
+    world.prefect.down = True
+    report = run_gc(world)
+    assert {o.result for o in report.outcomes} == {Result.SKIPPED}
+    assert report.prefect_error and "Connection refused" in report.prefect_error
+    assert all("Prefect unreachable" in o.detail for o in report.outcomes)
+    assert world.bytes_exist(never_leased) and world.bytes_exist(served)
+    world.prefect.down = False
+    assert {o.result for o in run_gc(world).outcomes} == {Result.RECLAIMED}
+
+
+def test_prefect_client_at_a_closed_port_reclaims_nothing(world: GcWorld) -> None:
+    """The real Prefect witness, pointed at a port where nothing listens."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.gc_tasks import PrefectRunStates
+    from tests.session_env import _free_port
+
+    ckpt = world.register_full("tiny")
+    ep = world.create("ep", "tiny")
+    world.start(ep.id, "3f1f6a4e-1111-4a5b-9c1d-0123456789ab", None)
+    world.stop(ep.id, "3f1f6a4e-1111-4a5b-9c1d-0123456789ab", None)
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}):
+        report = collect(world.registry, world.store, PrefectRunStates(), world.backends,
+                         dry_run=False, lease_grace_s=GRACE)
+    [outcome] = report.outcomes
+    assert outcome.result == Result.SKIPPED and report.bytes_freed == 0
+    assert report.prefect_error and "Connect" in report.prefect_error
+    assert "Prefect unreachable" in outcome.detail
+    assert world.bytes_exist(ckpt) and world.status(ckpt.id) == "deleted"
+
+
+def test_prefect_run_fact_mapping() -> None:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Cancelling, Completed, Crashed, Running, Scheduled
+
+    from tasks.gc_tasks import run_fact
+
+    def fact(state: object) -> tuple[RunState, str]:
+        f = run_fact(FlowRun(flow_id="3f1f6a4e-1111-4a5b-9c1d-0123456789ab", state=state))
+        return f.state, f.label
+
+    assert fact(Running()) == (RunState.ACTIVE, "Running")
+    assert fact(Scheduled()) == (RunState.ACTIVE, "Scheduled")
+    assert fact(Cancelling()) == (RunState.ACTIVE, "Cancelling")
+    assert fact(Completed()) == (RunState.ENDED, "Completed")
+    assert fact(Crashed()) == (RunState.ENDED, "Crashed")
+    assert fact(None)[0] == RunState.ACTIVE
+
+
+# ---- path safety -----------------------------------------------------------------------------
+
+def _deleted_with_location(world: GcWorld, location: str) -> Checkpoint:
+    ckpt = world.register_full(f"c-{secrets.token_hex(3)}")
+    with world.registry.session() as s:
+        row = s.get(Checkpoint, ckpt.id)
+        assert row is not None
+        row.location = location
+        s.add(row)
+    lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
+    return ckpt
+
+
+def _victim(tmp: Path) -> Path:
+    victim = tmp / "outside" / "precious"
+    victim.mkdir(parents=True)
+    (victim / "weights.bin").write_bytes(b"x" * 100)
+    return victim
+
+
+def test_location_outside_the_root_is_never_deleted(world: GcWorld) -> None:
+    victim = _victim(world.tmp)
+    rel = os.path.relpath(victim, world.store.root)
+    ckpts = [_deleted_with_location(world, loc) for loc in (rel, str(victim), "")]
+    report = run_gc(world)
+    assert [o.result for o in report.outcomes] == [Result.SKIPPED] * 3
+    assert all("unsafe location" in o.detail for o in report.outcomes)
+    assert (victim / "weights.bin").read_bytes() == b"x" * 100
+    assert {world.status(c.id) for c in ckpts} == {"deleted"}  # never marked reclaiming
+    assert report.bytes_freed == 0
+
+
+def test_location_through_a_symlink_is_never_deleted(world: GcWorld) -> None:
+    victim = _victim(world.tmp)
+    (world.store.root / world.org_id).mkdir(parents=True)
+    (world.store.root / "linked-org").symlink_to(victim.parent)
+    (world.store.root / world.org_id / "linked-ckpt").symlink_to(victim)
+    for loc in ("linked-org/precious", f"{world.org_id}/linked-ckpt"):
+        _deleted_with_location(world, loc)
+    report = run_gc(world)
+    assert [o.result for o in report.outcomes] == [Result.SKIPPED] * 2
+    assert all("symlink" in o.detail for o in report.outcomes)
+    assert (victim / "weights.bin").exists()
+
+
+def test_a_symlink_inside_a_checkpoint_is_removed_not_followed(world: GcWorld) -> None:
+    victim = _victim(world.tmp)
+    victim.chmod(0o555)
+    ckpt = world.register_full("tiny")
+    path = world.store.path_of(ckpt.location)
+    path.chmod(0o755)
+    (path / "escape").symlink_to(victim)
+    path.chmod(0o555)
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    report = run_gc(world)
+    assert [o.result for o in report.outcomes] == [Result.RECLAIMED]
+    assert report.bytes_freed == ckpt.size_bytes  # the link's target is not counted
+    assert not path.exists() and (victim / "weights.bin").exists()
+    assert victim.stat().st_mode & 0o777 == 0o555  # permissions outside untouched

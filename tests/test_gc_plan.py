@@ -1,0 +1,140 @@
+"""The pure planner, table-driven: facts in, one decision with a reason out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from inference_endpoints.gc import (
+    Action,
+    CheckpointFact,
+    Evidence,
+    Facts,
+    LeaseFact,
+    RunFact,
+    RunState,
+    backends_to_probe,
+    plan,
+    runs_to_read,
+    summarize,
+)
+from inference_endpoints.status import CheckpointStatus
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+GRACE = 600.0
+URL = "http://127.0.0.1:9001"
+RUNNING = RunFact(RunState.ACTIVE, "Running")
+SCHEDULED = RunFact(RunState.ACTIVE, "Scheduled")
+CANCELLING = RunFact(RunState.ACTIVE, "Cancelling")
+CANCELLED = RunFact(RunState.ENDED, "Cancelled")
+CRASHED = RunFact(RunState.ENDED, "Crashed")
+MISSING = RunFact(RunState.MISSING, "not in Prefect")
+
+
+def ckpt(status: CheckpointStatus = CheckpointStatus.DELETED, cid: str = "ckpt_a") -> CheckpointFact:
+    return CheckpointFact(cid, "org_1", cid.removeprefix("ckpt_"), f"org_1/{cid}", status, 1000)
+
+
+def lease(run: str | None = "r1", *, released: bool = False, age_s: float = 3600,
+          url: str | None = URL, ep: str = "ep-a") -> LeaseFact:
+    return LeaseFact("ckpt_a", f"id_{ep}", ep, run, released, NOW - timedelta(seconds=age_s), url)
+
+
+@dataclass
+class Case:
+    id: str
+    leases: list[LeaseFact]
+    runs: dict[str, RunFact] | None
+    answering: dict[str, bool] = field(default_factory=dict)
+    expect: Action = Action.RECLAIM
+    reason_has: str = ""
+    status: CheckpointStatus = CheckpointStatus.DELETED
+
+
+CASES = [
+    Case("never leased", [], {}, reason_has="no endpoint ever leased it"),
+    Case("open lease, run running", [lease()], {"r1": RUNNING}, {URL: True}, Action.HOLD, "is Running"),
+    Case("open lease, run scheduled", [lease(url=None)], {"r1": SCHEDULED}, {}, Action.HOLD, "Scheduled"),
+    Case("open lease, run cancelling", [lease()], {"r1": CANCELLING}, {URL: False}, Action.HOLD,
+         "Cancelling"),
+    Case("released, run ended, backend gone", [lease(released=True)], {"r1": CANCELLED}, {URL: False}),
+    Case("released, run ended, backend still answers", [lease(released=True)], {"r1": CANCELLED},
+         {URL: True}, Action.HOLD, "still answers"),
+    Case("crashed run, lease never released, backend gone", [lease()], {"r1": CRASHED}, {URL: False},
+         reason_has="ended and their backends are gone"),
+    Case("crashed run, zombie engine still answers", [lease()], {"r1": CRASHED}, {URL: True},
+         Action.HOLD, "still answers"),
+    Case("ended run, backend not probed counts as answering", [lease()], {"r1": CRASHED}, {},
+         Action.HOLD, "still answers"),
+    Case("endpoint record removed: run state decides", [lease(released=True, url=None)],
+         {"r1": CANCELLED}, {}),
+    Case("run state not read", [lease()], {}, {URL: False}, Action.HOLD, "unknown"),
+    Case("run missing from Prefect, lease open", [lease()], {"r1": MISSING}, {URL: False}, Action.HOLD,
+         "not in Prefect"),
+    Case("run missing from Prefect after release", [lease(released=True)], {"r1": MISSING}, {URL: False}),
+    Case("no run yet, young lease", [lease(None, age_s=30, url=None)], {}, {}, Action.HOLD,
+         "no serve run yet"),
+    Case("no run yet, young lease even if released", [lease(None, released=True, age_s=30, url=None)],
+         {}, {}, Action.HOLD, "no serve run yet"),
+    Case("no run, old open lease", [lease(None, age_s=GRACE + 1, url=None)], {}, {}, Action.HOLD,
+         "create run may have died"),
+    Case("no run, old released lease", [lease(None, released=True, age_s=GRACE + 1, url=None)], {}, {}),
+    Case("no run, old released, but something answers at its backend",
+         [lease(None, released=True, age_s=GRACE + 1)], {}, {URL: True}, Action.HOLD, "still answers"),
+    Case("one of two runs still active", [lease("r1", released=True), lease("r2", ep="ep-b")],
+         {"r1": CANCELLED, "r2": RUNNING}, {URL: False}, Action.HOLD, "held by ep-b"),
+    Case("every run of a history ended", [lease("r1", released=True), lease("r2", released=True, ep="b")],
+         {"r1": CANCELLED, "r2": CRASHED}, {URL: False}, reason_has="all 2 run(s)"),
+    Case("Prefect unreachable: skip, even with no lease", [], None, {}, Action.SKIP, "Prefect unreachable"),
+    Case("Prefect unreachable with leases", [lease(released=True)], None, {URL: False}, Action.SKIP,
+         "Prefect unreachable"),
+    Case("reclaiming: finish what an earlier run decided", [lease()], None, {}, Action.FINISH,
+         "earlier collection", CheckpointStatus.RECLAIMING),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_decision(case: Case) -> None:
+    facts = Facts([ckpt(case.status)], {"ckpt_a": case.leases}, NOW)
+    evidence = Evidence(case.runs, case.answering, None if case.runs is not None else "connect refused")
+    [decision] = plan(facts, evidence, lease_grace_s=GRACE)
+    assert decision.action == case.expect, decision.reason
+    assert case.reason_has in decision.reason + " ".join(h.why for h in decision.holders)
+    if decision.action == Action.HOLD:
+        assert decision.holders and all(h.endpoint_name for h in decision.holders)
+
+
+def test_naive_timestamps_are_taken_as_utc() -> None:
+    young = LeaseFact("ckpt_a", "e", "ep", None, True, (NOW - timedelta(seconds=5)).replace(tzinfo=None),
+                      None)
+    [d] = plan(Facts([ckpt()], {"ckpt_a": [young]}, NOW), Evidence({}), lease_grace_s=GRACE)
+    assert d.action == Action.HOLD
+
+
+def test_only_runs_of_deleted_candidates_are_read() -> None:
+    facts = Facts([ckpt(), ckpt(CheckpointStatus.RECLAIMING, "ckpt_b")],
+                  {"ckpt_a": [lease("r1"), lease("r1", ep="x"), lease(None)],
+                   "ckpt_b": [lease("r9")]}, NOW)
+    assert runs_to_read(facts) == ["r1"]
+
+
+def test_probes_are_skipped_for_checkpoints_held_by_run_state() -> None:
+    other = "http://127.0.0.1:9002"
+    facts = Facts([ckpt(), ckpt(cid="ckpt_b")],
+                  {"ckpt_a": [lease("r1"), lease("r2", url=other)],
+                   "ckpt_b": [lease("r3", url=other)]}, NOW)
+    runs = {"r1": RUNNING, "r2": CANCELLED, "r3": CANCELLED}
+    assert backends_to_probe(facts, runs, lease_grace_s=GRACE) == [other]
+
+
+def test_many_checkpoints_in_order_and_summary() -> None:
+    cks = [ckpt(cid=f"ckpt_{i}") for i in range(5)]
+    leases = {"ckpt_1": [lease("r1")], "ckpt_3": [lease("r3", released=True)]}
+    runs = {"r1": RUNNING, "r3": CANCELLED}
+    decisions = plan(Facts(cks, leases, NOW), Evidence(runs, {URL: False}), lease_grace_s=GRACE)
+    assert [d.checkpoint.id for d in decisions] == [c.id for c in cks]
+    assert [d.action for d in decisions] == [Action.RECLAIM, Action.HOLD, Action.RECLAIM,
+                                             Action.RECLAIM, Action.RECLAIM]
+    assert summarize(decisions)[Action.HOLD] == 1
