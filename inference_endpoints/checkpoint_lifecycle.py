@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from inference_endpoints.errors import invalid
 from inference_endpoints.gc import CheckpointFact, Facts, LeaseFact
@@ -94,13 +94,19 @@ def delete_checkpoint(registry: Registry, org_id: str, ref: str) -> DeleteAnswer
         adapters = s.exec(select(Checkpoint.name).where(
             Checkpoint.base_checkpoint_id == row.id, Checkpoint.kind == CheckpointKind.LORA.value,
             Checkpoint.status == CheckpointStatus.AVAILABLE.value)).all()
-    holders = open_holders(registry, [row.id]).get(row.id, [])
+        holders = _open_holders(s, [row.id], None).get(row.id, [])
     return DeleteAnswer(fresh, newly, tuple(holders), tuple(sorted(adapters)))
 
 
 def open_holders(registry: Registry, checkpoint_ids: Iterable[str] | None = None,
                  org_id: str | None = None) -> dict[str, list[LeaseHolder]]:
     """Open leases by checkpoint, with the endpoint's status (None if its record is gone)."""
+    with registry.session() as s:
+        return _open_holders(s, checkpoint_ids, org_id)
+
+
+def _open_holders(s: Session, checkpoint_ids: Iterable[str] | None,
+                  org_id: str | None) -> dict[str, list[LeaseHolder]]:
     q = (sa_select(col(CheckpointLease.checkpoint_id), col(CheckpointLease.endpoint_id),
                    col(CheckpointLease.endpoint_name), col(Endpoint.status),
                    col(CheckpointLease.flow_run_id))
@@ -113,9 +119,8 @@ def open_holders(registry: Registry, checkpoint_ids: Iterable[str] | None = None
         q = q.join(Checkpoint, col(Checkpoint.id) == col(CheckpointLease.checkpoint_id)).where(
             col(Checkpoint.org_id) == org_id)
     found: dict[str, list[LeaseHolder]] = defaultdict(list)
-    with registry.session() as s:
-        for ckpt_id, ep_id, ep_name, ep_status, run_id in s.execute(q):
-            found[ckpt_id].append(LeaseHolder(ep_id, ep_name, ep_status, run_id))
+    for ckpt_id, ep_id, ep_name, ep_status, run_id in s.execute(q):
+        found[ckpt_id].append(LeaseHolder(ep_id, ep_name, ep_status, run_id))
     return dict(found)
 
 

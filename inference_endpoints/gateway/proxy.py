@@ -13,7 +13,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -67,25 +66,50 @@ def downstream_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def _stream_body(first: bytes, receive: Receive, done: asyncio.Event) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            done.set()
-            return
+class _Call:
+    """One proxied request's link between its handler task and its hang-up watcher.
 
+    The watcher is a single small task that waits on `http.disconnect` once the
+    request body is read; if the caller leaves before the response is finished it
+    cancels the handler, whose cleanup closes the upstream response.
+    """
 
-async def _wait_for_disconnect(receive: Receive, body_read: asyncio.Event) -> None:
-    await body_read.wait()
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    __slots__ = ("disconnected", "finished", "receive", "task", "watcher")
+
+    def __init__(self, receive: Receive):
+        self.receive = receive
+        self.task = asyncio.current_task()
+        self.watcher: asyncio.Future[None] | None = None
+        self.finished = False  # set before the last message: a later disconnect is normal
+        self.disconnected = False
+
+    def watch(self) -> None:
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    def unwatch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        if not self.finished and self.task is not None:
+            self.disconnected = True
+            self.task.cancel()
+
+    async def stream_body(self, first: bytes) -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self.watch()
+                return
 
 
 def new_client(config: GatewayConfig) -> httpx.AsyncClient:
@@ -109,45 +133,42 @@ class Proxy:
         first = await receive()
         if first["type"] == "http.disconnect":
             return Outcome(CLIENT_CLOSED, disconnected=True)
-        body_read = asyncio.Event()
+        call = _Call(receive)
         content: bytes | AsyncIterator[bytes]
         if first.get("more_body", False):
-            content = _stream_body(first.get("body", b""), receive, body_read)
+            content = call.stream_body(first.get("body", b""))
         else:
             content = first.get("body", b"")
-            body_read.set()
+            call.watch()
         request = httpx.Request(
             scope["method"], f"{route.backend_url}{path.decode('latin-1')}",
             headers=upstream_headers(scope, route), content=content,
             extensions={"timeout": self.timeout},
         )
-        exchange = asyncio.ensure_future(self._exchange(request, send, route))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive, body_read))
         try:
-            await asyncio.wait((exchange, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # server shutdown: abort upstream too
-            exchange.cancel()
-            watcher.cancel()
-            raise
-        watcher.cancel()
-        if exchange.done():
-            return exchange.result()
-        exchange.cancel()  # the caller hung up: closing the response closes its connection
-        with contextlib.suppress(asyncio.CancelledError):
-            await exchange
-        return Outcome(CLIENT_CLOSED, disconnected=True)
+            return await self._exchange(request, send, route, call)
+        except asyncio.CancelledError:
+            if not call.disconnected or call.task is None:
+                raise
+            call.task.uncancel()  # our own cancellation: the caller hung up
+            return Outcome(CLIENT_CLOSED, disconnected=True)
+        finally:
+            call.unwatch()
 
-    async def _exchange(self, request: httpx.Request, send: Send, route: Route) -> Outcome:
+    async def _exchange(self, request: httpx.Request, send: Send, route: Route,
+                        call: _Call) -> Outcome:
         try:
             response = await self.client.send(request, stream=True)
         except ClientDisconnected:
             return Outcome(CLIENT_CLOSED, disconnected=True)
         except httpx.PoolTimeout:
+            call.finished = True
             await send_bytes(send, 503, error_body(
                 "The gateway is at its upstream connection limit; retry shortly.",
                 "service_unavailable", "gateway_busy"), [(b"retry-after", b"1")])
             return Outcome(503, error=True)
         except httpx.TransportError as exc:
+            call.finished = True
             await send_bytes(send, 502, bad_gateway_body(route.name, type(exc).__name__))
             return Outcome(502, error=True)
         try:
@@ -155,6 +176,7 @@ class Proxy:
                         "headers": downstream_headers(response)})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            call.finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except httpx.TransportError:
             # The backend broke off mid-response: leave the response unfinished so the

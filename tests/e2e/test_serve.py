@@ -11,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from openai import OpenAI
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.objects import FlowRun
 
 from inference_endpoints.checkpoints import checkpoint_digest
 from inference_endpoints.operations import register_checkpoint
@@ -117,9 +121,21 @@ def test_lora_adapter_served_on_its_base(e2e: E2EStack) -> None:
     assert chat.choices[0].message.content is not None
     assert ep.backend_url
     port = backend_port(ep.backend_url)
-    pids = process_tree(listener_pid(port) or 0)
+    leader = listener_pid(port)
+    assert leader is not None
+    pids = process_tree(leader)
+
+    # SIGKILL the serve run's own process: the engine dies with it (PR_SET_PDEATHSIG), the
+    # worker reports the run crashed, and stop completes and releases both leases.
+    serve_process = psutil.Process(leader).parent()
+    assert serve_process is not None and "prefect" in " ".join(serve_process.cmdline())
+    serve_process.kill()
+    deadline = time.monotonic() + 15
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(pids) == [], "the engine outlived its serve run"
     assert e2e.stop("lora-demo", remove=True) == "removed"
-    assert alive(pids) == [] and not port_open(port)
+    assert not port_open(port)
     assert e2e.registry.open_lease_count() == 0
 
 
@@ -141,6 +157,12 @@ def test_corrupt_weights_fail_with_the_engines_error(e2e: E2EStack, tmp_path: Pa
     assert e2e.stop("damaged", remove=True) == "removed"
 
 
+def runs_named(name: str) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+
+
 def _prefect_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "prefect", *args], capture_output=True,
                           text=True, check=False, env=dict(os.environ))
@@ -157,8 +179,7 @@ def test_deployment_run_is_idempotent_and_stop_while_loading_cleans_up(e2e: E2ES
     ep = e2e.wait_status("via-ui", {"loading"}, timeout_s=90)
     time.sleep(2)  # let the second create run catch up
     assert [e.name for e in e2e.registry.list_endpoints(e2e.org_id)].count("via-ui") == 1
-    runs = _prefect_cli("flow-run", "ls", "--limit", "50")
-    assert runs.stdout.count("serve/default/via-ui") == 1, runs.stdout
+    assert len(runs_named("serve/default/via-ui")) == 1
 
     assert ep.backend_url
     port = backend_port(ep.backend_url)
