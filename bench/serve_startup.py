@@ -54,12 +54,19 @@ def _wait_health(url: str, timeout_s: float = 300) -> None:
     raise TimeoutError(url)
 
 
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _group_gone(proc: subprocess.Popen[bytes]) -> bool:
+    """True once the leader is reaped and no process is left in its group."""
+    import psutil
+
+    if proc.poll() is None:
+        return False
+    for other in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(other.pid) == proc.pid:
+                return False
+        except ProcessLookupError:
+            continue
+    return True
 
 
 def bare_run(engine_python: str, model_dir: Path, args: list[str], log: Path) -> tuple[float, float]:
@@ -79,9 +86,8 @@ def bare_run(engine_python: str, model_dir: Path, args: list[str], log: Path) ->
     healthy = time.monotonic() - started
     stop_started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
-    while not _group_gone(proc.pid):
+    while not _group_gone(proc):
         time.sleep(0.02)
-    proc.wait()
     return healthy, time.monotonic() - stop_started
 
 

@@ -57,3 +57,9 @@ class EngineHost(Block):
     run_dir: str = Field(description="Per-endpoint scratch (mount points) on the host")
     log_dir: str = Field(description="Engine logs on the host")
     readonly_mode: str = Field(default="auto", description="auto, bind or permissions")
+    runtime: str = Field(default="", description="Override the instance's runtime: process or docker")
+    image: str = Field(default="", description="Engine image for the docker runtime (overrides the catalog)")
+    docker_host: str = Field(default="", description="Docker daemon URL, e.g. unix:///run/docker.sock")
+
+    def runtime_for(self, instance_runtime: str) -> str:
+        return self.runtime or instance_runtime

@@ -49,8 +49,13 @@ def record(registry: Registry, org_name: str, request: CreateRequest,
         if existing is not None:
             return existing
     instance = registry.instances().get(str(request.instance))
-    run_dir = load_engine_host(instance.work_pool).run_dir if instance else "/tmp"
-    plan = plan_create(registry, org.id, request, model_root_resolver(Path(run_dir)))
+    host = load_engine_host(instance.work_pool) if instance else None
+    resolve = model_root_resolver(Path(host.run_dir if host else "/tmp"))
+
+    def model_root(runtime: str, endpoint_id: str) -> str:
+        return resolve(host.runtime_for(runtime) if host else runtime, endpoint_id)
+
+    plan = plan_create(registry, org.id, request, model_root)
     return registry.record_endpoint(
         org.id, plan.request, plan.spec, endpoint_id=plan.endpoint_id,
         idempotency_key=idempotency_key, create_run_id=_own_run_id(),

@@ -22,7 +22,9 @@ from prefect.states import Cancelled
 from inference_endpoints.engine_logs import failure_summary
 from inference_endpoints.health import Probe, probe
 from inference_endpoints.registry import Registry
-from inference_endpoints.runtime.process import EngineProcess, free_port, start_engine
+from inference_endpoints.runtime import make_runtime
+from inference_endpoints.runtime.base import EngineHandle, EngineLabels
+from inference_endpoints.runtime.process import free_port
 from inference_endpoints.serving_config import ServingSpec
 from inference_endpoints.status import EndpointStatus, ReasonCode
 from inference_endpoints.urls import endpoint_urls
@@ -79,24 +81,31 @@ def serve_endpoint(endpoint_id: str) -> None:
     port = free_port(host.backend_host)
     org = registry.get_org(endpoint.org_id)
     org_name = org.name if org else endpoint.org_id
-    engine: EngineProcess | None = None
+    runtime = make_runtime(
+        host.runtime_for(instance.runtime),
+        engine_python=host.engine_python,
+        run_dir=Path(host.run_dir),
+        readonly_mode=host.readonly_mode,
+        image=host.image or instance.image,
+        docker_host=host.docker_host,
+        gpu_count=0 if instance.is_cpu else instance.gpu_count,
+    )
+    labels = EngineLabels(org_name, endpoint_id, endpoint.name, own_run)
+    engine: EngineHandle | None = None
     try:
-        engine = start_engine(
+        engine = runtime.start(
             spec,
             sources=checkpoints,
             host=host.backend_host,
             port=port,
-            engine_python=host.engine_python,
+            labels=labels,
             log_path=Path(host.log_dir) / "engines" / f"{endpoint_id}-{own_run[:8]}.log",
-            run_dir=Path(host.run_dir) / endpoint_id,
-            mode=host.readonly_mode,
         )
         registry.update_endpoint(endpoint_id, backend_url=engine.url, serve_run_id=own_run)
         registry.set_lease_run(endpoint_id, own_run)
         registry.transition(endpoint_id, EndpointStatus.LOADING,
-                            message=f"engine pid {engine.pid} on {engine.url}")
-        logger.info("engine started (pid %s) at %s, log %s", engine.pid, engine.url,
-                    engine.log_path)
+                            message=f"{runtime.kind} engine started on {engine.url}")
+        logger.info("%s engine started at %s", runtime.kind, engine.url)
         _publish_artifacts(endpoint.name, org_name,
                            spec, endpoint_urls(endpoint.name, org_name).url)
         _supervise(engine, endpoint_id, own_run, registry)
@@ -109,7 +118,7 @@ def serve_endpoint(endpoint_id: str) -> None:
             _mark_cancelled(own_run)
 
 
-def _supervise(engine: EngineProcess, endpoint_id: str, own_run: str, registry: Registry) -> None:
+def _supervise(engine: EngineHandle, endpoint_id: str, own_run: str, registry: Registry) -> None:
     """Watch the engine, our own run state and health until one says stop."""
     logger = get_run_logger()
     healthy = False

@@ -1,9 +1,16 @@
-"""Engine runtimes: how one vLLM server is started, watched and stopped."""
+"""Engine runtimes: how one vLLM server is started, watched and stopped.
+
+`process` runs vLLM as a local process tree; `docker` runs it in a container. The
+instance catalog names each instance type's runtime; an `engine-host` block may
+override it per work pool (e.g. CPU hosts serving through Docker).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+from inference_endpoints.runtime.base import EngineRuntime
 
 CONTAINER_MODEL_ROOT = "/models"
 
@@ -17,3 +24,24 @@ def model_root_resolver(run_dir: Path) -> Callable[[str, str], str]:
         return str(run_dir / endpoint_id / "models")
 
     return resolve
+
+
+def make_runtime(
+    kind: str,
+    *,
+    engine_python: str,
+    run_dir: Path,
+    readonly_mode: str = "auto",
+    image: str = "",
+    docker_host: str = "",
+    gpu_count: int = 0,
+) -> EngineRuntime:
+    if kind == "process":
+        from inference_endpoints.runtime.process import ProcessRuntime
+
+        return ProcessRuntime(engine_python, run_dir, readonly_mode)
+    if kind == "docker":
+        from inference_endpoints.runtime.docker import DockerRuntime
+
+        return DockerRuntime(image=image, docker_host=docker_host or None, gpu_count=gpu_count)
+    raise ValueError(f"unknown engine runtime {kind!r} (expected process or docker)")

@@ -30,9 +30,12 @@ from pathlib import Path
 
 import psutil
 
+from inference_endpoints.runtime.base import EngineLabels
 from inference_endpoints.serving_config import ENGINE_MODULE, ServingSpec
 
 PR_SET_PDEATHSIG = 1
+ENDPOINT_ENV = "IE_ENGINE_ENDPOINT_ID"
+SERVE_RUN_ENV = "IE_ENGINE_SERVE_RUN"
 # Mount each (source, target) pair read-only, then become the engine.
 _MOUNT_SCRIPT = r"""
 set -e
@@ -151,7 +154,7 @@ def start_engine(
     log_path: Path,
     run_dir: Path,
     mode: str = "auto",
-    extra_env: dict[str, str] | None = None,
+    labels: EngineLabels | None = None,
 ) -> EngineProcess:
     """Start vLLM for `spec`. `sources` maps each mount's target to the checkpoint's real path.
 
@@ -180,8 +183,11 @@ def start_engine(
                _MOUNT_SCRIPT, "mount-ro", *mount_args, "--", *engine_cmd]
     else:
         cmd = engine_cmd
-    env = {**os.environ, **spec.env, **(extra_env or {})}
+    env = {**os.environ, **spec.env}
     env["VLLM_API_KEY"] = spec.api_key
+    if labels is not None:  # lets `leftovers` find this engine from its environment
+        env[ENDPOINT_ENV] = labels.endpoint_id
+        env[SERVE_RUN_ENV] = labels.serve_run_id
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(
@@ -197,3 +203,78 @@ def start_engine(
     finally:
         log.close()
     return EngineProcess(popen, log_path, run_dir, host, port)
+
+
+@dataclass
+class LeftoverProcess:
+    """An engine found running without its serve run (found by its environment label)."""
+
+    pid: int
+    port: int | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.port else ""
+
+    def exit_code(self) -> int | None:
+        return None if _alive([self.pid]) else 0
+
+    def tail(self, lines: int = 20) -> list[str]:
+        return []
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        tree = [self.pid]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+        _signal_group(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(self.pid, signal.SIGKILL)
+        for pid in _alive(tree):
+            _kill(pid)
+
+
+class ProcessRuntime:
+    """Engines as local process trees (the default on CPU hosts and inside GPU pods)."""
+
+    kind = "process"
+
+    def __init__(self, engine_python: str, run_dir: Path, mode: str = "auto"):
+        self.engine_python = engine_python
+        self.run_dir = Path(run_dir)
+        self.mode = mode
+
+    def model_root(self, endpoint_id: str) -> str:
+        return str(self.run_dir / endpoint_id / "models")
+
+    def start(
+        self,
+        spec: ServingSpec,
+        *,
+        sources: dict[str, Path],
+        host: str,
+        port: int,
+        labels: EngineLabels,
+        log_path: Path,
+    ) -> EngineProcess:
+        return start_engine(spec, sources=sources, host=host, port=port,
+                            engine_python=self.engine_python, log_path=log_path,
+                            run_dir=self.run_dir / labels.endpoint_id, mode=self.mode,
+                            labels=labels)
+
+    def leftovers(self, endpoint_id: str) -> list[LeftoverProcess]:
+        found = []
+        for proc in psutil.process_iter(["pid", "ppid"]):
+            try:
+                if proc.environ().get(ENDPOINT_ENV) != endpoint_id:
+                    continue
+                parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] else None
+                if parent is not None and parent.environ().get(ENDPOINT_ENV) == endpoint_id:
+                    continue  # only the tree's leader
+                ports = [c.laddr.port for c in proc.net_connections(kind="tcp")
+                         if c.status == psutil.CONN_LISTEN]
+                found.append(LeftoverProcess(proc.pid, ports[0] if ports else None))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
