@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -104,6 +104,14 @@ class Endpoint(SQLModel, table=True):
     backend_api_key: str | None = None  # known only to the control plane and gateway
     served_model_name: str
     serving_config_json: str = Field(sa_column=Column(Text, nullable=False))
+    # Which serve run is live: bumped by every restart and replacement, so each new
+    # serve run gets its own idempotency key.
+    generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # A replacement being brought up next to the live run (rolling checkpoint update).
+    candidate_run_id: str | None = None
+    candidate_backend_url: str | None = None
+    candidate_checkpoint_id: str | None = None
+    candidate_config_json: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(False))
     scheduled_at: datetime | None = Field(default=None, sa_column=_ts())
     loading_at: datetime | None = Field(default=None, sa_column=_ts())

@@ -117,3 +117,15 @@ def test_deleted_checkpoint_cannot_be_leased(registry: Registry, tmp_path: Path)
                                  idempotency_key=None)
     assert exc.value.codes == ["checkpoint_deleted"]
     assert registry.counts() == before
+
+
+def test_migrations_match_the_models(registry: Registry) -> None:
+    """Alembic's head schema is exactly what the SQLModel tables declare."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    from inference_endpoints.db import get_engine
+
+    with get_engine(registry.url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
