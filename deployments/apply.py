@@ -60,7 +60,51 @@ def deploy(env: dict[str, str]) -> None:
         raise RuntimeError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
 
 
+ZOMBIE_AUTOMATION = "inference-endpoints: crash runs that stop sending heartbeats"
+HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY for flow runs the workers start
+
+
+def ensure_zombie_automation() -> None:
+    """Self-hosted Prefect has no zombie detection: a run whose host died stays Running.
+
+    Flow runs emit a heartbeat every 30 s; a run silent for three heartbeats is marked
+    Crashed, which the reconcile flow then treats like any other crash.
+    """
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)  # type: ignore[unused-coroutine]
+        return
+    except ValueError:
+        pass
+    automation = Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEAT_S * 3),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"No heartbeat for {HEARTBEAT_S * 3} s: the host or "
+                                            "process running this flow is gone")],
+    )
+    automation.create()
+
+
 def apply_all(settings: Settings, engine_python: str, env: dict[str, str]) -> None:
     ensure_pools()
     save_blocks(settings, engine_python)
     deploy(env)
+    ensure_zombie_automation()

@@ -80,7 +80,8 @@ def wait_until_healthy(registry: Registry, endpoint_id: str, timeout_s: float) -
                       EndpointStatus.FAILED):
             return endpoint
         if endpoint.backend_url and probe(endpoint.backend_url, 1.0) == Probe.HEALTHY:
-            registry.transition(endpoint_id, EndpointStatus.HEALTHY, message="backend answers /health")
+            registry.transition(endpoint_id, EndpointStatus.HEALTHY, message="backend answers /health",
+                                expected_run=endpoint.serve_run_id)
             continue
         now = time.monotonic()
         if endpoint.serve_run_id and now >= next_state_check:

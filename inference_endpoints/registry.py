@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, update
@@ -383,6 +383,13 @@ class Registry:
             )
             return list(s.exec(q))
 
+    def active_endpoints(self) -> list[Endpoint]:
+        """Every endpoint, in any organization, that is not stopped or failed."""
+        with self.session() as s:
+            q = select(Endpoint).where(col(Endpoint.status).not_in(
+                [EndpointStatus.STOPPED.value, EndpointStatus.FAILED.value]))
+            return list(s.exec(q))
+
     def transition(
         self,
         endpoint_id: str,
@@ -391,10 +398,17 @@ class Registry:
         reason: ReasonCode | None = None,
         message: str | None = None,
         hint: str | None = None,
+        expected_run: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> bool:
-        """The one place an endpoint's status changes. Returns False if not allowed now."""
+        """The one place an endpoint's status changes. Returns False if not allowed now.
+
+        `expected_run` makes the change conditional on that serve run still being the
+        endpoint's live run (a replaced or restarted run must not touch the status);
+        `fields` are facts written in the same UPDATE (e.g. the new run of a restart).
+        """
         now = utcnow()
-        values: dict[str, Any] = {"status": to.value, "updated_at": now}
+        values: dict[str, Any] = {**(fields or {}), "status": to.value, "updated_at": now}
         if to in _STATUS_TIMESTAMP:
             values[_STATUS_TIMESTAMP[to]] = now
         if reason is not None:
@@ -406,14 +420,13 @@ class Registry:
             if row is None:
                 return False
             previous = row.status
-            result = s.execute(
-                update(Endpoint)
-                .where(
-                    col(Endpoint.id) == endpoint_id,
-                    col(Endpoint.status).in_([st.value for st in sources_for(to)]),
-                )
-                .values(**values)
+            guard = update(Endpoint).where(
+                col(Endpoint.id) == endpoint_id,
+                col(Endpoint.status).in_([st.value for st in sources_for(to)]),
             )
+            if expected_run is not None:
+                guard = guard.where(col(Endpoint.serve_run_id) == expected_run)
+            result = s.execute(guard.values(**values))
             if result.rowcount != 1:
                 return False
             s.add(ActivityEvent(
@@ -431,6 +444,31 @@ class Registry:
                 update(Endpoint).where(col(Endpoint.id) == endpoint_id)
                 .values(updated_at=utcnow(), **fields)
             )
+
+    def promote_candidate(self, endpoint_id: str, live_run: str) -> bool:
+        """Switch traffic to the healthy candidate in one guarded UPDATE (rolling replacement)."""
+        with self.session() as s:
+            row = s.get(Endpoint, endpoint_id)
+            if row is None or row.candidate_run_id is None or row.candidate_backend_url is None:
+                return False
+            result = s.execute(
+                update(Endpoint)
+                .where(col(Endpoint.id) == endpoint_id, col(Endpoint.serve_run_id) == live_run,
+                       col(Endpoint.status) == EndpointStatus.HEALTHY.value,
+                       col(Endpoint.candidate_run_id) == row.candidate_run_id)
+                .values(serve_run_id=row.candidate_run_id, backend_url=row.candidate_backend_url,
+                        checkpoint_id=row.candidate_checkpoint_id,
+                        serving_config_json=row.candidate_config_json,
+                        generation=row.generation + 1, candidate_run_id=None,
+                        candidate_backend_url=None, candidate_checkpoint_id=None,
+                        candidate_config_json=None, updated_at=utcnow())
+            )
+            if result.rowcount != 1:
+                return False
+            s.add(ActivityEvent(org_id=row.org_id, endpoint_id=endpoint_id, kind="replaced",
+                                message=f"traffic switched to checkpoint {row.candidate_checkpoint_id} "
+                                        f"(serve run {row.candidate_run_id})"))
+        return True
 
     def record_activity(self, endpoint_id: str, kind: str, message: str) -> None:
         with self.session() as s:
@@ -453,6 +491,60 @@ class Registry:
                        col(CheckpointLease.released_at).is_(None))
                 .values(flow_run_id=flow_run_id)
             )
+
+    def move_leases_to_run(self, endpoint_id: str, run_id: str) -> None:
+        """A restart's new run takes over the endpoint's leases, in one transaction.
+
+        The checkpoint may have been deleted meanwhile: the endpoint keeps serving it,
+        and the collector keeps its bytes because a lease is open at every moment.
+        """
+        with self.session() as s:
+            open_leases = list(s.exec(select(CheckpointLease).where(
+                CheckpointLease.endpoint_id == endpoint_id,
+                col(CheckpointLease.released_at).is_(None))))
+            now = utcnow()
+            for lease in open_leases:
+                if lease.flow_run_id == run_id:
+                    continue
+                s.add(CheckpointLease(checkpoint_id=lease.checkpoint_id, endpoint_id=endpoint_id,
+                                      endpoint_name=lease.endpoint_name, flow_run_id=run_id))
+                lease.released_at = now
+                s.add(lease)
+
+    def lease_for_candidate(self, endpoint_id: str, endpoint_name: str,
+                            checkpoints: list[CheckpointView], run_id: str) -> None:
+        """Lease the replacement's checkpoint(s) for its own run; they must be available."""
+        with self.session() as s:
+            for view in checkpoints:
+                result = s.execute(
+                    update(Checkpoint)
+                    .where(col(Checkpoint.id) == view.id,
+                           col(Checkpoint.status) == CheckpointStatus.AVAILABLE)
+                    .values(status=CheckpointStatus.AVAILABLE)
+                )
+                if result.rowcount != 1:
+                    raise invalid("checkpoint_deleted", "checkpoint",
+                                  f"Checkpoint {view.name!r} is no longer available.",
+                                  "Pick another checkpoint.")
+                s.add(CheckpointLease(checkpoint_id=view.id, endpoint_id=endpoint_id,
+                                      endpoint_name=endpoint_name, flow_run_id=run_id))
+
+    def release_run_leases(self, run_id: str) -> int:
+        """Release the leases one serve run held, once that run is confirmed ended."""
+        with self.session() as s:
+            result = s.execute(
+                update(CheckpointLease)
+                .where(col(CheckpointLease.flow_run_id) == run_id,
+                       col(CheckpointLease.released_at).is_(None))
+                .values(released_at=utcnow())
+            )
+            return int(result.rowcount)
+
+    def restart_times(self, endpoint_id: str) -> list[datetime]:
+        with self.session() as s:
+            q = select(ActivityEvent.at).where(ActivityEvent.endpoint_id == endpoint_id,
+                                               ActivityEvent.kind == "restart")
+            return [_aware(t) for t in s.exec(q)]
 
     def release_leases(self, endpoint_id: str) -> int:
         """Called only once the endpoint's serve run is confirmed ended."""
@@ -508,6 +600,11 @@ def _view(row: Checkpoint, base: CheckpointView | None = None) -> CheckpointView
         facts=CheckpointFacts.from_json(row.facts_json),
         base=base,
     )
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything here is UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 def age_seconds(ts: datetime | None, now: datetime | None = None) -> float | None:

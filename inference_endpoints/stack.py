@@ -104,6 +104,8 @@ class LocalStack:
             "PREFECT_UI_ENABLED": env.get("PREFECT_UI_ENABLED", "true"),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            # Flow runs send heartbeats; an automation crashes runs whose host went silent.
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
             "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
             "IE_DATA_DIR": str(self.settings.data_dir),
             "IE_PROJECT_DIR": str(PROJECT_DIR),

@@ -36,8 +36,10 @@ STARTING_STATUSES = frozenset(
 _S = EndpointStatus
 ALLOWED_TRANSITIONS: dict[EndpointStatus, frozenset[EndpointStatus]] = {
     _S.PENDING: frozenset({_S.DEPLOYING, _S.LOADING, _S.HEALTHY, _S.STOPPING, _S.FAILED}),
-    _S.DEPLOYING: frozenset({_S.LOADING, _S.HEALTHY, _S.STOPPING, _S.FAILED}),
-    _S.LOADING: frozenset({_S.HEALTHY, _S.STOPPING, _S.FAILED}),
+    # A restarted endpoint that dies again while starting goes back to unhealthy, so the
+    # restart policy (not the first-start timeout) decides what happens next.
+    _S.DEPLOYING: frozenset({_S.LOADING, _S.HEALTHY, _S.UNHEALTHY, _S.STOPPING, _S.FAILED}),
+    _S.LOADING: frozenset({_S.HEALTHY, _S.UNHEALTHY, _S.STOPPING, _S.FAILED}),
     _S.HEALTHY: frozenset({_S.UNHEALTHY, _S.STOPPING, _S.FAILED}),
     _S.UNHEALTHY: frozenset(
         {_S.HEALTHY, _S.DEPLOYING, _S.LOADING, _S.STOPPING, _S.FAILED}
@@ -68,6 +70,8 @@ class ReasonCode(StrEnum):
     WORKER_LOST = "worker_lost"
     RUN_ENDED = "run_ended"
     CHECKPOINT_UNAVAILABLE = "checkpoint_unavailable"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    RESTART_LIMIT = "restart_limit"
 
 
 REASON_HINTS: dict[ReasonCode, str] = {
@@ -87,6 +91,12 @@ REASON_HINTS: dict[ReasonCode, str] = {
     ReasonCode.WORKER_LOST: "The host or worker serving this endpoint went away; create it again.",
     ReasonCode.RUN_ENDED: "The serve run ended unexpectedly; see its logs in Prefect.",
     ReasonCode.CHECKPOINT_UNAVAILABLE: "Register the checkpoint again or pick another one.",
+    ReasonCode.HEALTH_CHECK_FAILED: (
+        "The engine stopped answering /health; it is restarted if it does not recover."
+    ),
+    ReasonCode.RESTART_LIMIT: (
+        "The endpoint kept crashing; read the engine log (`endpoints show`) and create it again."
+    ),
 }
 
 

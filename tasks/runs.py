@@ -15,18 +15,20 @@ FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CAN
 
 
 @task(retries=3, retry_delay_seconds=1)
-def submit_serve_run(endpoint_id: str, org: str, name: str, work_pool: str) -> str:
-    """Schedule the long-running serve run on the instance's work pool. Idempotent per endpoint.
+def submit_serve_run(endpoint_id: str, org: str, name: str, work_pool: str,
+                     generation: int = 0, purpose: str = "serve") -> str:
+    """Schedule a long-running serve run on the instance's work pool.
 
-    `as_subflow=False`: the endpoint must outlive the create run that launched it.
+    Idempotent per endpoint, generation and purpose (a restart or a replacement is a
+    new generation). `as_subflow=False`: the endpoint outlives the run that launched it.
     """
     run = run_deployment(
         f"{SERVE_FLOW}/{work_pool}",
-        parameters={"endpoint_id": endpoint_id},
+        parameters={"endpoint_id": endpoint_id, "generation": generation},
         timeout=0,
         as_subflow=False,
-        idempotency_key=f"serve-{endpoint_id}",
-        flow_run_name=f"serve/{org}/{name}",
+        idempotency_key=f"{purpose}-{endpoint_id}-g{generation}",
+        flow_run_name=f"serve/{org}/{name}" + (f"/g{generation}" if generation else ""),
         tags=["inference-endpoint", f"org:{org}", f"endpoint:{name}"],
     )
     return str(run.id)  # type: ignore[union-attr]

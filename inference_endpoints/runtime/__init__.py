@@ -15,13 +15,17 @@ from inference_endpoints.runtime.base import EngineRuntime
 CONTAINER_MODEL_ROOT = "/models"
 
 
-def model_root_resolver(run_dir: Path) -> Callable[[str, str], str]:
-    """Where an endpoint's checkpoints appear to its engine, per runtime kind."""
+def model_root_resolver(run_dir: Path, generation: int = 0) -> Callable[[str, str], str]:
+    """Where an endpoint's checkpoints appear to its engine, per runtime kind.
+
+    A replacement (a later generation) gets its own mount points next to the live run's.
+    """
 
     def resolve(runtime: str, endpoint_id: str) -> str:
         if runtime == "docker":
             return CONTAINER_MODEL_ROOT
-        return str(run_dir / endpoint_id / "models")
+        base = run_dir / endpoint_id
+        return str((base / f"g{generation}" if generation else base) / "models")
 
     return resolve
 

@@ -119,7 +119,7 @@ class EngineProcess:
             for pid in _alive(tree):
                 _kill(pid)
             self.popen.wait(timeout=10)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        # The (empty) mount points stay: another generation of this endpoint may use them.
 
 
 def _alive(pids: list[int]) -> list[int]:

@@ -1,0 +1,47 @@
+"""`endpoints emit-finetune-completed`: fire the event a fine-tuning job fires when it is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from inference_endpoints.cli.common import err, out, use_stack
+from inference_endpoints.settings import Settings
+
+POLICIES = ("none", "create", "replace")
+
+
+def emit_finetune_completed_cmd(
+    job: Annotated[str, typer.Option(help="Fine-tuning job id")],
+    checkpoint_path: Annotated[Path, typer.Option(help="Directory the job wrote")],
+    endpoint: Annotated[str | None, typer.Option(help="Endpoint to create or move")] = None,
+    policy: Annotated[str, typer.Option(help="none, create or replace")] = "none",
+    base_model: Annotated[str | None, typer.Option(help="Base checkpoint of a LoRA adapter")] = None,
+    checkpoint_name: Annotated[str | None, typer.Option(help="Name to register it under")] = None,
+) -> None:
+    """Emit `finetune.completed` exactly as a fine-tuning job would; the trigger does the rest."""
+    if policy not in POLICIES:
+        err.print(f"[red]policy must be one of {', '.join(POLICIES)}, got {policy!r}[/]")
+        raise typer.Exit(2)
+    if not checkpoint_path.is_dir():
+        err.print(f"[red]{checkpoint_path} is not a directory[/]")
+        raise typer.Exit(2)
+    settings = Settings()
+    use_stack(settings)
+    from prefect.events import emit_event
+
+    payload = {"checkpoint_path": str(checkpoint_path.resolve()), "organization": settings.org,
+               "policy": policy}
+    for key, value in (("endpoint", endpoint), ("base_model", base_model),
+                       ("checkpoint_name", checkpoint_name)):
+        if value:
+            payload[key] = value
+    event = emit_event("finetune.completed", resource={"prefect.resource.id": f"finetune.job.{job}"},
+                       payload=payload)
+    if event is None:
+        err.print("[red]The event could not be emitted (is the stack up? `endpoints status`).[/]")
+        raise typer.Exit(1)
+    out.print(f"emitted finetune.completed for job {job} (event {event.id}); "
+              "follow it with `endpoints list` or in the Prefect UI")
