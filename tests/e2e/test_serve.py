@@ -19,8 +19,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
 
 from inference_endpoints.checkpoints import checkpoint_digest
-from inference_endpoints.operations import register_checkpoint
+from inference_endpoints.operations import plan_create, register_checkpoint
+from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.serving_config import ServingSpec
+from inference_endpoints.validation import CreateRequest
 from tests.e2e.conftest import E2EStack, engine_processes
 from tests.e2e.engine_tools import (
     alive,
@@ -180,6 +182,18 @@ def test_deployment_run_is_idempotent_and_stop_while_loading_cleans_up(e2e: E2ES
     time.sleep(2)  # let the second create run catch up
     assert [e.name for e in e2e.registry.list_endpoints(e2e.org_id)].count("via-ui") == 1
     assert len(runs_named("serve/default/via-ui")) == 1
+
+    # The deployment run yields the same endpoint `endpoints create` would: same instance,
+    # limits and rendered engine command (up to the endpoint's own id in paths).
+    twin = plan_create(e2e.registry, e2e.org_id,
+                       CreateRequest("via-ui-twin", "demo-tiny-llama", "cpu-dev", "1024", "float32", "none"),
+                       model_root_resolver(e2e.settings.run_dir / "engines"), endpoint_id=ep.id)
+    recorded = ServingSpec.from_json(ep.serving_config_json)
+    assert recorded.args == [a.replace("via-ui-twin", "via-ui") for a in twin.spec.args]
+    assert recorded.env == twin.spec.env
+    assert recorded.mounts == twin.spec.mounts
+    assert (ep.instance, ep.max_context, ep.precision, ep.quantization) == (
+        "cpu-dev", 1024, "float32", "none")
 
     assert ep.backend_url
     port = backend_port(ep.backend_url)
