@@ -112,6 +112,10 @@ class Endpoint(SQLModel, table=True):
     candidate_backend_url: str | None = None
     candidate_checkpoint_id: str | None = None
     candidate_config_json: str | None = Field(default=None, sa_column=Column(Text))
+    # Where the serve run exports device metrics (GPU via NVML, or CPU/RSS of the engine).
+    exporter_url: str | None = None
+    # Stop the endpoint after this many minutes without requests (None: never).
+    idle_stop_minutes: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(False))
     scheduled_at: datetime | None = Field(default=None, sa_column=_ts())
     loading_at: datetime | None = Field(default=None, sa_column=_ts())
