@@ -80,6 +80,8 @@ class FakeUpstream:
         elif path == "/v1/headers":
             await _read_body(receive)
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            headers[":path"] = (scope.get("raw_path") or b"").decode()
+            headers[":query"] = scope["query_string"].decode()
             self.state.last_headers = headers
             await _send(send, 200, json.dumps(headers).encode())
         else:

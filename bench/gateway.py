@@ -1,20 +1,25 @@
 """Gateway vs direct, in one run: `python -m bench.gateway` (fake backend) or
 `python -m bench.gateway --backend vllm --backend-url http://127.0.0.1:PORT --key K --model M`.
 
-Everything binds to 127.0.0.1, runs a bounded number of requests with a deadline,
+Everything binds to 127.0.0.1, runs a bounded number of requests under a deadline,
 and stops what it started (by PID). The gateway runs as its own process, exactly as
 the stack starts it (`python -m inference_endpoints.gateway.server`), in front of a
 throwaway SQLite registry holding one endpoint that points at the backend.
 
 Figures: added latency p50/p99 (gateway minus direct, non-streaming) at concurrency
-1, 16, 64; time-to-first-token delta (streaming); throughput ratio; and a hold test
-of N concurrent streams through the gateway that must finish with zero errors.
+1, 16 and 64; time-to-first-token delta (streaming); throughput ratio; and a hold
+test of N concurrent streams through the gateway that must end with zero errors.
+With the fake backend every series runs twice: a 0 ms backend (pure overhead, and
+on a small machine a CPU-bound worst case) and a model-like one (50 ms per answer).
+All processes share every CPU by default; `--pin` puts the gateway on a CPU of its
+own (load generator and backend on the rest), which helps only on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -22,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 
@@ -33,24 +39,14 @@ from inference_endpoints.models import Checkpoint, Endpoint
 from inference_endpoints.registry import Registry
 
 PROJECT = Path(__file__).resolve().parent.parent
-DEADLINE_S = 600.0  # the whole run stops by itself after this
+DEADLINE_S = 900.0  # the whole measurement stops by itself after this
+TARGETS = {"added p50 ms": 1.0, "added p99 ms": 5.0, "TTFT delta ms": 2.0, "throughput ratio": 0.9}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-@dataclass
+@dataclass(frozen=True)
 class Target:
     name: str
-    base: str  # ends before /v1
+    base: str  # everything before /v1
     headers: dict[str, str]
 
 
@@ -61,26 +57,41 @@ class Run:
     errors: int = 0
     elapsed_s: float = 0.0
 
+    def add(self, other: Run) -> None:
+        self.latencies += other.latencies
+        self.ttfts += other.ttfts
+        self.errors += other.errors
+        self.elapsed_s += other.elapsed_s
+
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.elapsed_s if self.elapsed_s else 0.0
 
 
-@dataclass
-class Setup:
-    model: str
-    non_stream_query: str  # fake-backend timing knobs (empty for vLLM)
-    stream_query: str
-    model_like_query: str
-    hold_query: str
-    hold_chunks: int
+@dataclass(frozen=True)
+class Series:
+    """One kind of request: a label, the fake backend's timing knobs, the body."""
+
+    label: str
+    query: str
+    stream: bool
+    max_tokens: int
 
 
-FAKE = Setup("fake-model", "", "?ttft_ms=0&itl_ms=2&chunks=8", "?ttft_ms=50",
-             "?ttft_ms=0&itl_ms=250&chunks=20", 20)
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-# ---- processes -------------------------------------------------------------------------------
+# ---- processes and registry --------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
@@ -111,7 +122,7 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
 
 
 def seed_registry(db_url: str, backend_url: str, backend_key: str, model: str) -> str:
-    """One org key and one healthy endpoint `bench` pointing at the backend."""
+    """An org key and one healthy endpoint `bench` pointing at the backend; returns the key."""
     registry = Registry(db_url)
     registry.init(default_org="default")
     org = registry.get_org_by_name("default")
@@ -129,7 +140,55 @@ def seed_registry(db_url: str, backend_url: str, backend_key: str, model: str) -
     return key
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    for pid in pids:
+        os.sched_setaffinity(pid, cpus)
+
+
 # ---- load ------------------------------------------------------------------------------------
+# aiohttp, not httpx, drives the load: httpx's async pool collapses under concurrency
+# (encode/httpx#3215), which would measure the load generator instead of the gateway.
+
+def new_client(connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
+def body_for(model: str, series: Series) -> bytes:
+    return json.dumps({"model": model, "prompt": "A checkpoint becomes an endpoint when",
+                       "max_tokens": series.max_tokens, "stream": series.stream,
+                       "temperature": 0, "ignore_eos": True}).encode()
+
+
+def request_fn(client: aiohttp.ClientSession, target: Target, model: str, series: Series
+               ) -> Callable[[Run], Awaitable[None]]:
+    """One request of `series` against `target`, recorded into a Run."""
+    url = f"{target.base}/v1/completions{series.query}"
+    headers = {**target.headers, "content-type": "application/json"}
+    body = body_for(model, series)
+
+    async def one(run: Run) -> None:
+        t0 = time.perf_counter()
+        first: float | None = None
+        tail = b""
+        try:
+            async with client.post(url, data=body, headers=headers) as response:
+                async for chunk in response.content.iter_any():
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    tail = (tail + chunk)[-32:]
+                ok = response.status == 200
+        except aiohttp.ClientError:
+            ok = False
+        if ok and series.stream:
+            ok = tail.rstrip().endswith(b"data: [DONE]")  # a complete stream
+        if not ok or first is None:
+            run.errors += 1
+            return
+        run.latencies.append(time.perf_counter() - t0)
+        run.ttfts.append(first)
+    return one
+
 
 async def closed_loop(total: int, concurrency: int, one: Callable[[Run], Awaitable[None]]) -> Run:
     run = Run()
@@ -147,231 +206,186 @@ async def closed_loop(total: int, concurrency: int, one: Callable[[Run], Awaitab
     return run
 
 
-def completion(client: httpx.AsyncClient, target: Target, body: bytes, query: str
-               ) -> Callable[[Run], Awaitable[None]]:
-    url = f"{target.base}/v1/completions{query}"
-    headers = {**target.headers, "content-type": "application/json"}
+async def compare(client: aiohttp.ClientSession, targets: tuple[Target, Target], model: str,
+                  series: Series, concurrency: int, total: int) -> tuple[Run, Run]:
+    """Direct and gateway, alternating in two rounds so drift hits both alike."""
+    runs = (Run(), Run())
+    for _round in range(2):
+        for i, target in enumerate(targets):
+            runs[i].add(await closed_loop(max(1, total // 2), concurrency,
+                                          request_fn(client, target, model, series)))
+    return runs
 
-    async def one(run: Run) -> None:
-        t0 = time.perf_counter()
-        try:
-            response = await client.post(url, content=body, headers=headers)
-            ok = response.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if ok:
-            run.latencies.append(time.perf_counter() - t0)
+
+# ---- report ----------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    checks: list[tuple[str, float, bool]] = field(default_factory=list)
+
+    def latency(self, label: str, direct: Run, gateway: Run, ttft: bool = False) -> None:
+        d = direct.ttfts if ttft else direct.latencies
+        g = gateway.ttfts if ttft else gateway.latencies
+        a50, a99 = (pct(g, 50) - pct(d, 50)) * 1e3, (pct(g, 99) - pct(d, 99)) * 1e3
+        self.rows.append((label, f"{pct(d, 50) * 1e3:.2f}", f"{pct(g, 50) * 1e3:.2f}", f"{a50:+.2f}",
+                          f"{pct(d, 99) * 1e3:.2f}", f"{pct(g, 99) * 1e3:.2f}", f"{a99:+.2f}",
+                          f"{direct.rps:.0f} / {gateway.rps:.0f}",
+                          f"{direct.errors} / {gateway.errors}"))
+        if ttft:
+            self.checks.append((f"{label}: TTFT delta p50 ms", a50, a50 <= TARGETS["TTFT delta ms"]))
         else:
-            run.errors += 1
-    return one
+            self.checks.append((f"{label}: added p50 ms", a50, a50 <= TARGETS["added p50 ms"]))
+            self.checks.append((f"{label}: added p99 ms", a99, a99 <= TARGETS["added p99 ms"]))
+        self.checks.append((f"{label}: errors", float(direct.errors + gateway.errors),
+                            direct.errors + gateway.errors == 0))
 
 
-def streamed(client: httpx.AsyncClient, target: Target, body: bytes, query: str,
-             expect_chunks: int | None = None) -> Callable[[Run], Awaitable[None]]:
-    url = f"{target.base}/v1/completions{query}"
-    headers = {**target.headers, "content-type": "application/json"}
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
 
-    async def one(run: Run) -> None:
-        t0 = time.perf_counter()
-        first: float | None = None
-        events = 0
-        try:
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    run.errors += 1
-                    return
-                async for chunk in response.aiter_raw():
-                    if first is None:
-                        first = time.perf_counter() - t0
-                    events += chunk.count(b"data: ")
-        except httpx.HTTPError:
-            run.errors += 1
-            return
-        if first is None or (expect_chunks is not None and events != expect_chunks + 1):
-            run.errors += 1
-            return
-        run.ttfts.append(first)
-        run.latencies.append(time.perf_counter() - t0)
-    return one
-
-
-def body_for(model: str, stream: bool, max_tokens: int) -> bytes:
-    import json
-
-    return json.dumps({"model": model, "prompt": "A checkpoint becomes an endpoint when",
-                       "max_tokens": max_tokens, "stream": stream, "temperature": 0}).encode()
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 # ---- phases ----------------------------------------------------------------------------------
 
-async def latency_phase(client: httpx.AsyncClient, direct: Target, gateway: Target, setup: Setup,
-                        levels: list[int], per_level: int) -> list[tuple[str, ...]]:
-    body = body_for(setup.model, False, 1)
-    rows: list[tuple[str, ...]] = []
-    for concurrency in levels:
-        runs: dict[str, Run] = {"direct": Run(), "gateway": Run()}
-        for _round in range(2):  # alternate to cancel drift (CPU frequency, other tenants)
-            for target in (direct, gateway):
-                part = await closed_loop(per_level // 2, concurrency,
-                                         completion(client, target, body, setup.non_stream_query))
-                run = runs[target.name]
-                run.latencies += part.latencies
-                run.errors += part.errors
-                run.elapsed_s += part.elapsed_s
-        d, g = runs["direct"], runs["gateway"]
-        rows.append((f"non-stream c={concurrency}", f"{pct(d.latencies, 50) * 1e3:.2f}",
-                     f"{pct(g.latencies, 50) * 1e3:.2f}",
-                     f"{(pct(g.latencies, 50) - pct(d.latencies, 50)) * 1e3:+.2f}",
-                     f"{pct(d.latencies, 99) * 1e3:.2f}", f"{pct(g.latencies, 99) * 1e3:.2f}",
-                     f"{(pct(g.latencies, 99) - pct(d.latencies, 99)) * 1e3:+.2f}",
-                     f"{d.rps:.0f} / {g.rps:.0f}", f"{d.errors}/{g.errors}"))
-    return rows
+async def measure(args: argparse.Namespace, targets: tuple[Target, Target], model: str,
+                  gateway_proc: psutil.Process, stats_url: str) -> Report:
+    fake = args.backend == "fake"
+    report = Report()
+    plain = Series("0 ms backend" if fake else "vLLM", "?ttft_ms=0" if fake else "", False, 1)
+    model_like = Series("50 ms backend", "?ttft_ms=50", False, 1)
+    stream = Series("stream" if not fake else "stream 0 ms", "?ttft_ms=0&itl_ms=2&chunks=8"
+                    if fake else "", True, args.max_tokens)
+    async with new_client(256) as client:
+        for target in targets:  # warm-up: connections, code paths
+            await closed_loop(200, 8, request_fn(client, target, model, plain))
+        cpu0, served = sum(gateway_proc.cpu_times()[:2]), 0
+        for c in args.concurrency:
+            d, g = await compare(client, targets, model, plain, c, args.requests)
+            report.latency(f"{plain.label} c={c}", d, g)
+            served += len(g.latencies) + g.errors
+        cpu_per_request = (sum(gateway_proc.cpu_times()[:2]) - cpu0) / max(served, 1)
+        if fake:
+            for c in args.concurrency:  # enough requests for a p99, within ~10 s a level
+                total = min(args.requests, max(200, c * 40))
+                d, g = await compare(client, targets, model, model_like, c, total)
+                report.latency(f"{model_like.label} c={c}", d, g)
+        for c in (1, 16):
+            d, g = await compare(client, targets, model, stream, c, args.stream_requests)
+            report.latency(f"{stream.label} TTFT c={c}", d, g, ttft=True)
+        throughput = []
+        for series in ([plain, model_like] if fake else [plain]):
+            d, g = await compare(client, targets, model, series, 64, args.requests)
+            ratio = g.rps / d.rps if d.rps else 0.0
+            throughput.append((f"{series.label} c=64", f"{d.rps:.0f}", f"{g.rps:.0f}",
+                               f"{ratio:.3f}", f"{d.errors} / {g.errors}"))
+            report.checks.append((f"{series.label}: throughput ratio", ratio,
+                                  ratio >= TARGETS["throughput ratio"]))
+    print()
+    print(table(("ms", "direct p50", "gateway p50", "added p50", "direct p99", "gateway p99",
+                 "added p99", "rps d / g", "errors d / g"), report.rows))
+    print(f"\ngateway CPU per proxied request (0 ms series): {cpu_per_request * 1e6:.0f} us\n")
+    print(table(("throughput", "direct rps", "gateway rps", "ratio", "errors d / g"), throughput))
+    if args.hold:
+        hold = Series("hold", "?ttft_ms=0&itl_ms=250&chunks=20" if fake else "", True,
+                      20 if fake else args.max_tokens)
+        print()
+        print(await hold_phase(targets[1], model, hold, args.hold, stats_url, report))
+    return report
 
 
-async def ttft_phase(client: httpx.AsyncClient, direct: Target, gateway: Target, setup: Setup,
-                     levels: list[int], per_level: int, max_tokens: int) -> list[tuple[str, ...]]:
-    body = body_for(setup.model, True, max_tokens)
-    rows: list[tuple[str, ...]] = []
-    for concurrency in levels:
-        runs: dict[str, Run] = {"direct": Run(), "gateway": Run()}
-        for _round in range(2):
-            for target in (direct, gateway):
-                part = await closed_loop(per_level // 2, concurrency,
-                                         streamed(client, target, body, setup.stream_query))
-                runs[target.name].ttfts += part.ttfts
-                runs[target.name].errors += part.errors
-        d, g = runs["direct"].ttfts, runs["gateway"].ttfts
-        rows.append((f"stream TTFT c={concurrency}", f"{pct(d, 50) * 1e3:.2f}",
-                     f"{pct(g, 50) * 1e3:.2f}", f"{(pct(g, 50) - pct(d, 50)) * 1e3:+.2f}",
-                     f"{pct(d, 99) * 1e3:.2f}", f"{pct(g, 99) * 1e3:.2f}",
-                     f"{(pct(g, 99) - pct(d, 99)) * 1e3:+.2f}", "",
-                     f"{runs['direct'].errors}/{runs['gateway'].errors}"))
-    return rows
-
-
-async def throughput_phase(client: httpx.AsyncClient, direct: Target, gateway: Target,
-                           query: str, model: str, concurrency: int, total: int) -> tuple[str, ...]:
-    body = body_for(model, False, 16)
-    rps: dict[str, float] = {}
-    errors: dict[str, int] = {}
-    for target in (direct, gateway, direct, gateway):
-        run = await closed_loop(total // 2, concurrency, completion(client, target, body, query))
-        rps[target.name] = rps.get(target.name, 0.0) + run.rps / 2
-        errors[target.name] = errors.get(target.name, 0) + run.errors
-    return (f"throughput c={concurrency}{' ' + query if query else ''}", f"{rps['direct']:.0f} rps",
-            f"{rps['gateway']:.0f} rps", f"ratio {rps['gateway'] / rps['direct']:.3f}",
-            f"errors {errors['direct']}/{errors['gateway']}")
-
-
-async def hold_phase(gateway: Target, setup: Setup, streams: int, stats_url: str
-                     ) -> tuple[str, ...]:
-    body = body_for(setup.model, True, setup.hold_chunks)
-    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
+async def hold_phase(gateway: Target, model: str, series: Series, streams: int, stats_url: str,
+                     report: Report) -> str:
+    """`streams` concurrent streams through the gateway at once; all must complete."""
     peak = 0
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+    async with new_client(streams + 10) as client:
         run = Run()
-        one = streamed(client, gateway, body, setup.hold_query, setup.hold_chunks)
+        one = request_fn(client, gateway, model, series)
         started = time.perf_counter()
         tasks = [asyncio.ensure_future(one(run)) for _ in range(streams)]
         while not all(t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=0.25)
             try:
-                stats = (await client.get(stats_url, timeout=2.0)).json()["endpoints"]
-                peak = max([peak, *(row["in_flight"] for row in stats)])
-            except httpx.HTTPError:
+                async with client.get(stats_url) as response:
+                    rows = (await response.json())["endpoints"]
+                peak = max([peak, *(row["in_flight"] for row in rows)])
+            except aiohttp.ClientError:
                 pass
-            await asyncio.wait(tasks, timeout=0.5)
         elapsed = time.perf_counter() - started
-    return (f"hold {streams} streams", f"completed {len(run.latencies)}", f"errors {run.errors}",
-            f"peak in-flight {peak}", f"{elapsed:.1f} s")
-
-
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows] if i < len(r)) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    report.checks.append((f"hold {streams} streams: errors", float(run.errors),
+                          run.errors == 0 and len(run.latencies) == streams))
+    return (f"hold: {streams} concurrent streams through the gateway: {len(run.latencies)} "
+            f"completed, {run.errors} errors, peak in-flight {peak}, {elapsed:.1f} s "
+            f"(TTFT p50 {pct(run.ttfts, 50) * 1e3:.1f} ms, p99 {pct(run.ttfts, 99) * 1e3:.1f} ms)")
 
 
 # ---- main ------------------------------------------------------------------------------------
 
-async def measure(args: argparse.Namespace, direct: Target, gateway: Target, setup: Setup,
-                  gateway_proc: psutil.Process) -> None:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
-        warm = completion(client, gateway, body_for(setup.model, False, 1), setup.non_stream_query)
-        await closed_loop(200, 8, warm)
-        await closed_loop(200, 8, completion(client, direct, body_for(setup.model, False, 1),
-                                             setup.non_stream_query))
-        cpu0 = sum(gateway_proc.cpu_times()[:2])
-        lat = await latency_phase(client, direct, gateway, setup, args.concurrency, args.requests)
-        cpu1 = sum(gateway_proc.cpu_times()[:2])
-        ttft = await ttft_phase(client, direct, gateway, setup, [1, 16], args.stream_requests,
-                                args.max_tokens)
-        thr = [await throughput_phase(client, direct, gateway, setup.non_stream_query, setup.model,
-                                      64, args.requests)]
-        if args.backend == "fake":
-            thr.append(await throughput_phase(client, direct, gateway, setup.model_like_query,
-                                              setup.model, 64, args.requests // 2))
-    gateway_requests = sum(args.requests // 2 * 2 for _ in args.concurrency)
-    print()
-    print(table(("ms", "direct p50", "gateway p50", "added p50", "direct p99", "gateway p99",
-                 "added p99", "rps d / g", "errors d/g"), lat + ttft))
-    print(f"\ngateway CPU per proxied request: {(cpu1 - cpu0) / gateway_requests * 1e6:.0f} us")
-    print()
-    for row in thr:
-        print("  ".join(row))
-    if args.hold:
-        print("  ".join(await hold_phase(gateway, setup, args.hold,
-                                         f"{gateway.base.split('/e/')[0]}/_gateway/stats")))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--backend", choices=["fake", "vllm"], default="fake")
     parser.add_argument("--backend-url", help="vLLM base URL (127.0.0.1 only), for --backend vllm")
     parser.add_argument("--key", default="bench-backend-key", help="the backend's API key")
     parser.add_argument("--model", help="served model name (vLLM)")
     parser.add_argument("--requests", type=int, default=2000, help="non-streaming requests per level")
     parser.add_argument("--stream-requests", type=int, default=400)
-    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=8, help="tokens per streamed answer")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--hold", type=int, default=None,
                         help="concurrent streams for the hold test (default 1000 fake, 50 vLLM)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
+                        help="gateway on a CPU of its own (needs 2+ CPUs)")
     args = parser.parse_args()
+    fake = args.backend == "fake"
     if args.hold is None:
-        args.hold = 1000 if args.backend == "fake" else 50
+        args.hold = 1000 if fake else 50
+    cpus = sorted(os.sched_getaffinity(0))
+    do_pin = args.pin and len(cpus) >= 2
     work = Path(tempfile.mkdtemp(prefix="ie-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        if args.backend == "fake":
+        if fake:
             port = free_port()
             procs.append(spawn([sys.executable, "-m", "bench.fake_upstream", "--port", str(port),
                                 "--api-key", args.key], work / "upstream.log"))
-            backend_url, setup = f"http://127.0.0.1:{port}", FAKE
+            backend_url, model = f"http://127.0.0.1:{port}", "fake-model"
             wait_http(f"{backend_url}/health")
         else:
             if not args.backend_url or not args.model:
                 parser.error("--backend vllm needs --backend-url and --model")
             if httpx.URL(args.backend_url).host not in ("127.0.0.1", "localhost"):
                 parser.error("the benchmark only targets 127.0.0.1")
-            backend_url = args.backend_url.rstrip("/")
-            setup = Setup(args.model, "", "", "", "", args.max_tokens)
-        key = seed_registry(f"sqlite:///{work / 'registry.db'}", backend_url, args.key, setup.model)
+            backend_url, model = args.backend_url.rstrip("/"), args.model
+        key = seed_registry(f"sqlite:///{work / 'registry.db'}", backend_url, args.key, model)
         gw_port = free_port()
         env = {**os.environ, "IE_DATA_DIR": str(work), "IE_GATEWAY_PORT": str(gw_port),
                "IE_GATEWAY_HOST": "127.0.0.1"}
         env.pop("DATABASE_URL", None)
-        gw = spawn([sys.executable, "-m", "inference_endpoints.gateway.server",
-                    "--log-level", "warning"], work / "gateway.log", env)
-        procs.append(gw)
+        gateway_proc = spawn([sys.executable, "-m", "inference_endpoints.gateway.server",
+                              "--log-level", "warning"], work / "gateway.log", env)
+        procs.append(gateway_proc)
         gw_url = f"http://127.0.0.1:{gw_port}"
         wait_http(f"{gw_url}/_gateway/health")
-        direct = Target("direct", backend_url, {"authorization": f"Bearer {args.key}"})
-        gateway = Target("gateway", f"{gw_url}/e/default/bench", {"authorization": f"Bearer {key}"})
-        print(f"backend {args.backend} at {backend_url}; gateway pid {gw.pid} at {gw_url}; "
-              f"{os.cpu_count()} CPUs shared by load generator, gateway and backend")
-        asyncio.run(asyncio.wait_for(measure(args, direct, gateway, setup, psutil.Process(gw.pid)),
-                                     DEADLINE_S))
+        placement = "all processes share every CPU"
+        if do_pin:
+            pin([gateway_proc.pid], {cpus[-1]})
+            pin([os.getpid(), *(p.pid for p in procs if p is not gateway_proc)], set(cpus[:-1]))
+            placement = f"gateway pinned to CPU {cpus[-1]}, load generator and backend to {cpus[:-1]}"
+        targets = (Target("direct", backend_url, {"authorization": f"Bearer {args.key}"}),
+                   Target("gateway", f"{gw_url}/e/default/bench", {"authorization": f"Bearer {key}"}))
+        print(f"backend: {args.backend} at {backend_url}; gateway at {gw_url}; {len(cpus)} CPUs, "
+              f"{placement}; load avg {os.getloadavg()[0]:.2f}")
+        report = asyncio.run(asyncio.wait_for(
+            measure(args, targets, model, psutil.Process(gateway_proc.pid), f"{gw_url}/_gateway/stats"),
+            DEADLINE_S))
+        print("\ntargets: " + ", ".join(f"{k} {'<=' if k != 'throughput ratio' else '>='} {v}"
+                                         for k, v in TARGETS.items()))
+        for name, value, ok in report.checks:
+            print(f"  {'PASS' if ok else 'MISS'}  {name}: {value:.3f}")
     finally:
         for proc in reversed(procs):
             stop(proc)

@@ -100,12 +100,16 @@ class Registry:
 
     # ---- setup -------------------------------------------------------------------------
 
-    def init(self, default_org: str | None = None) -> None:
-        """Migrate, load the instance catalog, and make sure the default org exists."""
+    def init(self, default_org: str | None = None) -> NewKey | None:
+        """Migrate, load the instance catalog, and make sure the default org exists.
+
+        Returns the default org's first key when this call created the org (shown once).
+        """
         migrate(self.url)
         self.sync_catalog(CATALOG)
         if default_org and self.get_org_by_name(default_org) is None:
-            self.create_org(default_org)
+            return self.create_org(default_org)[1]
+        return None
 
     def sync_catalog(self, specs: Sequence[InstanceSpec]) -> None:
         with self.session() as s:

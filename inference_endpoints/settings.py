@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def cli_key_path(self) -> Path:
+        """The local stack's key for the default organization, kept for the CLI (0600)."""
+        return self.data_dir / "api-key"
+
 
 def get_settings() -> Settings:
     return Settings()

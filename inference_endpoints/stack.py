@@ -39,15 +39,20 @@ class StackState:
     prefect_url: str
     prefect_pid: int | None = None
     workers: dict[str, int] = field(default_factory=dict)
+    gateway_pid: int | None = None
 
     def to_json(self) -> str:
         return json.dumps({"prefect_url": self.prefect_url, "prefect_pid": self.prefect_pid,
-                           "workers": self.workers}, indent=2)
+                           "workers": self.workers, "gateway_pid": self.gateway_pid}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> StackState:
         data = json.loads(text)
-        return cls(data["prefect_url"], data.get("prefect_pid"), data.get("workers", {}))
+        return cls(data["prefect_url"], data.get("prefect_pid"), data.get("workers", {}),
+                   data.get("gateway_pid"))
+
+    def pids(self) -> list[int]:
+        return [p for p in (self.prefect_pid, self.gateway_pid, *self.workers.values()) if p]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -183,12 +188,44 @@ class LocalStack:
         stop_pid(state.workers.pop(pool, None))
         self.write_state(state)
 
+    # ---- gateway ------------------------------------------------------------------------
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+
+    def gateway_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.gateway_url}/_gateway/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_gateway(self, timeout_s: float = 30) -> int:
+        state = self.read_state() or StackState(self.prefect_url)
+        if pid_alive(state.gateway_pid) and self.gateway_healthy():
+            assert state.gateway_pid is not None
+            return state.gateway_pid
+        pid = self._spawn([sys.executable, "-m", "inference_endpoints.gateway.server"],
+                          "gateway.log")
+        state.gateway_pid = pid
+        self.write_state(state)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.gateway_healthy():
+                return pid
+            if not pid_alive(pid):
+                raise RuntimeError(f"gateway exited; see {self.settings.log_dir / 'gateway.log'}")
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not answering after {timeout_s:.0f} s")
+
     def stop(self) -> None:
         state = self.read_state()
         if state is None:
             return
         for pool in list(state.workers):
             stop_pid(state.workers.pop(pool))
+        stop_pid(state.gateway_pid)
+        state.gateway_pid = None
         stop_pid(state.prefect_pid)
         state.prefect_pid = None
         self.write_state(state)

@@ -11,7 +11,7 @@ import pytest
 
 from inference_endpoints.db import get_engine
 from inference_endpoints.registry import Registry
-from tests.session_env import SESSION  # noqa: F401  (sets PREFECT_* before any Prefect import)
+from tests.session_env import SESSION  # sets PREFECT_* before any Prefect import
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -52,3 +52,11 @@ def sqlite_registry(tmp_path: Path) -> Registry:
     reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     reg.init(default_org="default")
     return reg
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's data directory goes with it (set IE_KEEP_TEST_DATA=1 to look inside)."""
+    import shutil
+
+    if not os.environ.get("IE_KEEP_TEST_DATA"):
+        shutil.rmtree(SESSION.data_dir, ignore_errors=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from inference_endpoints.cli import checkpoints, endpoints, events, stack
+from inference_endpoints.cli import checkpoints, endpoints, events, keys, stack
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
 app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
+app.add_typer(keys.key_app, name="key")
+app.add_typer(keys.org_app, name="org")
 app.command("instances")(checkpoints.instances_cmd)
 app.command("up")(stack.up_cmd)
 app.command("down")(stack.down_cmd)

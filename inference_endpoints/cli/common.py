@@ -48,12 +48,30 @@ def use_stack(settings: Settings) -> None:
 def load_context() -> Context:
     settings = Settings()
     registry = Registry(settings.db_url)
-    registry.init(default_org=settings.org)
+    first_key = registry.init(default_org=settings.org)
+    if first_key is not None:
+        save_cli_key(settings, first_key.secret)
     org = registry.get_org_by_name(settings.org)
     if org is None:
         err.print(f"[red]No organization {settings.org!r} (set IE_ORG).[/]")
         raise typer.Exit(2)
     return Context(settings, registry, org.id)
+
+
+def save_cli_key(settings: Settings, secret: str) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.cli_key_path
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+
+
+def cli_key(settings: Settings) -> str | None:
+    """The organization key the CLI uses (IE_API_KEY, else the one the local stack stored)."""
+    explicit = os.environ.get("IE_API_KEY")
+    if explicit:
+        return explicit
+    path = settings.cli_key_path
+    return path.read_text().strip() if path.exists() else None
 
 
 def print_problems(exc: RequestInvalid) -> None:

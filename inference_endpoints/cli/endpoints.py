@@ -19,6 +19,7 @@ from inference_endpoints.cli.common import (
     use_stack,
     user_errors,
 )
+from inference_endpoints.models import Endpoint
 from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.settings import Settings
 from inference_endpoints.status import Precision, Quantization
@@ -111,6 +112,22 @@ def config_table(spec: object) -> Table:
     return table
 
 
+def phase_timings(ep: Endpoint) -> str:
+    """Where the startup time went: requested → scheduled → loading → healthy."""
+    marks = [("requested", ep.created_at), ("scheduled", ep.scheduled_at),
+             ("loading", ep.loading_at), ("healthy", ep.healthy_at)]
+    parts, previous = [], None
+    for label, ts in marks:
+        if ts is None:
+            continue
+        if previous is None:
+            parts.append(f"{label} {ts.strftime('%H:%M:%S')}")
+        else:
+            parts.append(f"{label} +{(ts - previous).total_seconds():.1f}s")
+        previous = ts
+    return " → ".join(parts)
+
+
 def show_endpoint(ctx: Context, endpoint_id: str) -> None:
     from inference_endpoints.serving_config import ServingSpec
     from inference_endpoints.urls import endpoint_urls
@@ -125,19 +142,17 @@ def show_endpoint(ctx: Context, endpoint_id: str) -> None:
     if ep.reason_code:
         table.add_row("reason", f"{ep.reason_code}: {ep.reason_message}")
         table.add_row("hint", ep.reason_hint or "")
-    table.add_row("url", urls.url)
-    table.add_row("backend (internal)", ep.backend_url or "-")
+    table.add_row("url", f"{urls.url}/v1")
+    table.add_row("url (path form, no DNS needed)", f"{urls.path_url}/v1")
+    table.add_row("health check", f"{urls.path_url}/health")
+    table.add_row("authentication", "Authorization: Bearer <your organization's API key>")
     table.add_row("model name", ep.served_model_name)
     table.add_row("checkpoint", ep.checkpoint_id)
     table.add_row("instance", ep.instance)
     table.add_row("max context / precision / quantization",
                   f"{ep.max_context} / {ep.precision} / {ep.quantization}")
     table.add_row("serve run", ep.serve_run_id or "-")
-    for label, ts in (("requested", ep.created_at), ("scheduled", ep.scheduled_at),
-                      ("loading", ep.loading_at), ("healthy", ep.healthy_at),
-                      ("ended", ep.ended_at)):
-        if ts is not None:
-            table.add_row(label, ts.strftime("%H:%M:%S"))
+    table.add_row("startup phases", phase_timings(ep))
     out.print(table)
     out.print(config_table(ServingSpec.from_json(ep.serving_config_json)))
     events = Table("time", "event", "reason", "message", title="activity")
@@ -149,20 +164,29 @@ def show_endpoint(ctx: Context, endpoint_id: str) -> None:
 
 
 def list_cmd() -> None:
-    """List this organization's endpoints."""
+    """List this organization's endpoints, with requests running and served (from the gateway)."""
+    from inference_endpoints.gateway.stats import fetch_traffic
+    from inference_endpoints.urls import endpoint_urls
+
     ctx = load_context()
-    table = Table("name", "status", "model", "instance", "url", "created")
+    org = ctx.registry.get_org(ctx.org_id)
+    org_name = org.name if org else ctx.settings.org
+    traffic = fetch_traffic(ctx.settings)
+    table = Table("name", "status", "model", "instance", "running", "requests", "url", "created")
     for ep in ctx.registry.list_endpoints(ctx.org_id):
         ckpt = ctx.registry.find_checkpoint(ctx.org_id, ep.checkpoint_id)
         style = STATUS_STYLE.get(ep.status, "white")
-        from inference_endpoints.urls import endpoint_urls
-
-        org = ctx.registry.get_org(ep.org_id)
+        stats = traffic.get((org_name, ep.name)) if traffic is not None else None
         table.add_row(ep.name, f"[{style}]{ep.status}[/]",
                       f"{ckpt.base_model if ckpt else '?'} / {ckpt.name if ckpt else '?'}",
-                      ep.instance, endpoint_urls(ep.name, org.name if org else "?").url,
+                      ep.instance,
+                      str(stats.in_flight) if stats else ("0" if traffic is not None else "?"),
+                      str(stats.requests) if stats else ("0" if traffic is not None else "?"),
+                      endpoint_urls(ep.name, org_name, ctx.settings).path_url + "/v1",
                       ep.created_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
+    if traffic is None:
+        out.print("[dim]The gateway is not answering: request counts unknown (`endpoints status`).[/]")
 
 
 def show_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:

@@ -33,11 +33,8 @@ def emit_finetune_completed_cmd(
     from prefect.events import emit_event
 
     payload = {"checkpoint_path": str(checkpoint_path.resolve()), "organization": settings.org,
-               "policy": policy}
-    for key, value in (("endpoint", endpoint), ("base_model", base_model),
-                       ("checkpoint_name", checkpoint_name)):
-        if value:
-            payload[key] = value
+               "policy": policy, "endpoint": endpoint or "", "base_model": base_model or "",
+               "checkpoint_name": checkpoint_name or ""}
     event = emit_event("finetune.completed", resource={"prefect.resource.id": f"finetune.job.{job}"},
                        payload=payload)
     if event is None:

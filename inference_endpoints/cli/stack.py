@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from inference_endpoints.cli.common import Context, load_context, out, use_stack, user_errors
+from inference_endpoints.cli.common import Context, cli_key, load_context, out, use_stack, user_errors
 from inference_endpoints.cli.endpoints import create_cmd, stop_endpoint_by_name
 from inference_endpoints.settings import Settings
 from inference_endpoints.status import EndpointStatus
@@ -25,9 +25,10 @@ def up_cmd() -> None:
         from deployments.pools import POOLS
 
         apply_all(settings, engine_python_default(), stack.env())
-    with out.status("Starting workers…"):
+    with out.status("Starting workers and the gateway…"):
         for pool in POOLS:
             stack.start_worker(pool.name)
+        stack.start_gateway()
     print_status(ctx, stack)
 
 
@@ -43,6 +44,10 @@ def print_status(ctx: Context, stack: object) -> None:
     for pool, pid in (state.workers if state else {}).items():
         table.add_row(f"worker ({pool})", f"pid {pid}",
                       "[green]up[/]" if pid_alive(pid) else "[red]down[/]")
+    table.add_row("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
+                  "[green]up[/]" if stack.gateway_healthy() else "[red]down[/]")
+    key = cli_key(ctx.settings)
+    table.add_row("API key (CLI)", f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else "-", "")
     table.add_row("registry", ctx.settings.db_url, "")
     table.add_row("checkpoint store", str(ctx.settings.store_root), "")
     table.add_row("logs", str(ctx.settings.log_dir), "")
@@ -81,8 +86,6 @@ def down_cmd() -> None:
 
 def demo_cmd() -> None:
     """The main job: bring the stack up, serve the demo checkpoint, and call it."""
-    import httpx
-
     from inference_endpoints.demo import default_demo_dir, make_demo
 
     up_cmd()
@@ -104,15 +107,17 @@ def demo_cmd() -> None:
         create_cmd("demo", checkpoint="demo-tiny-llama", instance="cpu-dev", max_context="1024",
                    precision="float32", quantization="none", idempotency_key=None, dry_run=False)
     ep = ctx.registry.find_endpoint(ctx.org_id, "demo")
-    assert ep is not None and ep.backend_url
+    assert ep is not None
+    from openai import OpenAI
+
+    from inference_endpoints.urls import endpoint_urls
+
+    urls = endpoint_urls("demo", ctx.settings.org, ctx.settings)
+    client = OpenAI(base_url=f"{urls.path_url}/v1", api_key=cli_key(ctx.settings) or "", max_retries=2)
     prompt = "A checkpoint becomes an endpoint when"
-    response = httpx.post(f"{ep.backend_url}/v1/completions",
-                          headers={"Authorization": f"Bearer {ep.backend_api_key}"},
-                          json={"model": ep.served_model_name, "prompt": prompt, "max_tokens": 24},
-                          timeout=60)
-    response.raise_for_status()
-    text = response.json()["choices"][0]["text"]
-    out.print(f"\n[bold]completion[/] from endpoint demo:\n  {prompt}[cyan]{text}[/]")
+    completion = client.completions.create(model="demo", prompt=prompt, max_tokens=24)
+    text = completion.choices[0].text
+    out.print(f"\n[bold]completion[/] through the gateway at {urls.path_url}/v1:\n  {prompt}[cyan]{text}[/]")
     out.print("\nNext: `endpoints list`, `endpoints show demo`, `endpoints stop demo`, "
               "`endpoints down`.")
 

@@ -10,14 +10,14 @@ import json
 import logging
 import time
 
-import httpx
+import aiohttp
 
 from inference_endpoints.gateway import responses
 from inference_endpoints.gateway.asgi import Receive, Scope, Send
 from inference_endpoints.gateway.auth import Verdict, authorize, bearer_token
 from inference_endpoints.gateway.config import GatewayConfig
 from inference_endpoints.gateway.metrics import UNMATCHED, GatewayMetrics
-from inference_endpoints.gateway.proxy import Proxy, new_client
+from inference_endpoints.gateway.proxy import Proxy, new_session
 from inference_endpoints.gateway.resolver import Resolver, Route
 from inference_endpoints.gateway.routing import Target, host_of, route
 from inference_endpoints.registry import Registry
@@ -35,7 +35,7 @@ class GatewayApp:
         self.config = config
         self.resolver = Resolver(Registry(config.db_url), config.refresh_interval_s)
         self.metrics = GatewayMetrics()
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._proxy: Proxy | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,16 +51,16 @@ class GatewayApp:
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._client = new_client(self.config)
-        self._proxy = Proxy(self._client, self.config)
+        self._session = new_session(self.config)
+        self._proxy = Proxy(self._session)
         await self.resolver.start()
         log.info("gateway ready: %d endpoint(s), base domain %s",
                  len(self.resolver.table.routes), self.config.base_domain)
 
     async def shutdown(self) -> None:
         await self.resolver.stop()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -105,6 +105,12 @@ def load_table(registry: Registry, sig: Hashable = None) -> RouteTable:
     return RouteTable(routes, {h: o for h, o in key_rows}, sig, time.monotonic())
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A dead refresher freezes the table; /_gateway/health turns 503 and this says why."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("route table refresher died; routes are frozen", exc_info=task.exception())
+
+
 class Resolver:
     """Holds the current table and refreshes it in the background."""
 
@@ -141,6 +147,7 @@ class Resolver:
     async def start(self) -> None:
         await self.refresh_async()
         self._task = asyncio.create_task(self._loop(), name="gateway-route-refresh")
+        self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         if self._task is not None:

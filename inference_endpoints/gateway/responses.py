@@ -16,7 +16,7 @@ def error_body(message: str, type_: str, code: str, **extra: Any) -> bytes:
 
 
 # Identical for "does not exist" and "belongs to another organization".
-NOT_FOUND = error_body("No such endpoint for this API key.", "not_found_error",
+NOT_FOUND = error_body("Endpoint not found.", "not_found_error",
                        "endpoint_not_found")
 MISSING_KEY = error_body(
     "Missing API key: send `Authorization: Bearer <organization key>` "

