@@ -91,6 +91,10 @@ def ensure_zombie_automation() -> None:
                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                     "prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            # Only serve runs live long enough to matter (and short runs that finish before
+            # their first heartbeat is processed would trip it for nothing).
+            match_related=ResourceSpecification({"prefect.resource.role": "flow",
+                                                 "prefect.resource.name": "serve-endpoint"}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
