@@ -15,7 +15,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
-from deployments.pools import POOLS
+from deployments.pools import ALL_POOLS
 from inference_endpoints.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -23,13 +23,18 @@ PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 
 
 def ensure_pools() -> None:
-    template = ProcessWorker.get_default_base_job_template()
+    """Create or update every pool; docker/kubernetes pools with their own base job templates."""
+    process_template = ProcessWorker.get_default_base_job_template()
     with get_client(sync_client=True) as client:
-        for pool in POOLS:
+        for pool in ALL_POOLS:
+            own_template = pool.job_template()
+            template = own_template or process_template
             try:
                 client.read_work_pool(pool.name)
-                client.update_work_pool(pool.name, WorkPoolUpdate(
-                    concurrency_limit=pool.concurrency, description=pool.description))
+                update = WorkPoolUpdate(concurrency_limit=pool.concurrency, description=pool.description)
+                if own_template is not None:  # keep GPU pools' templates current
+                    update.base_job_template = own_template
+                client.update_work_pool(pool.name, update)
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(
                     name=pool.name, type=pool.type, base_job_template=template,

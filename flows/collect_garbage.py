@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
-from inference_endpoints.collector import Report, Result, collect, probe_backends
+from inference_endpoints.collector import DEFAULT_MAX_CANDIDATES, Report, Result, collect, probe_backends
 from tasks.context import load_context
 from tasks.gc_tasks import PrefectRunStates, default_lease_grace_s
 
@@ -28,13 +28,16 @@ def collect_checkpoint_garbage(
     lease_grace_s: float | None = Field(
         default=None,
         description="How long a lease may wait for its serve run (default: longest startup timeout)"),
+    max_checkpoints: int = Field(
+        default=DEFAULT_MAX_CANDIDATES,
+        description="Deleted checkpoints looked at per run; the rest wait for the next run"),
 ) -> dict[str, Any]:
     """Plan and carry out one collection; returns the report (also published as an artifact)."""
     logger = get_run_logger()
     ctx = load_context()
     grace = lease_grace_s if lease_grace_s is not None else default_lease_grace_s(ctx.registry)
     report = collect(ctx.registry, ctx.store, PrefectRunStates(), probe_backends,
-                     dry_run=dry_run, lease_grace_s=grace)
+                     dry_run=dry_run, lease_grace_s=grace, max_candidates=max_checkpoints)
     if report.prefect_error:
         logger.warning("Prefect unreachable, nothing reclaimed: %s", report.prefect_error)
     for outcome in report.outcomes:
@@ -55,6 +58,8 @@ def _publish(report: Report) -> None:
     summary = (f"{'Dry run: ' if report.dry_run else ''}{counts[Result.RECLAIMED]} reclaimed "
                f"({report.bytes_freed:,} bytes freed), {counts[Result.WOULD_RECLAIM]} would be, "
                f"{counts[Result.HELD]} held, {counts[Result.SKIPPED]} skipped.")
+    if report.deferred:
+        summary += f" {report.deferred} more wait for the next collection."
     if report.prefect_error:
         summary += f" Prefect unreachable: {report.prefect_error}"
     try:

@@ -25,6 +25,7 @@ from prefect.states import Cancelled
 
 from inference_endpoints.engine_logs import failure_summary
 from inference_endpoints.health import Probe, probe
+from inference_endpoints.metrics.exporter import Exporter, engine_pids, start_exporter
 from inference_endpoints.models import Endpoint
 from inference_endpoints.registry import Registry
 from inference_endpoints.runtime import make_runtime
@@ -124,6 +125,7 @@ def serve_endpoint(endpoint_id: str, generation: int = 0) -> None:
     )
     labels = EngineLabels(org_name, endpoint_id, endpoint.name, own_run)
     engine: EngineHandle | None = None
+    exporter: Exporter | None = None
     try:
         engine = runtime.start(
             spec,
@@ -135,15 +137,19 @@ def serve_endpoint(endpoint_id: str, generation: int = 0) -> None:
         )
         logger.info("%s engine started at %s (%s)", runtime.kind, engine.url,
                     "candidate" if candidate else f"generation {generation}")
+        exporter = start_exporter(labels, engine_pids(engine), host.backend_host)
         if candidate:
             registry.update_endpoint(endpoint_id, candidate_backend_url=engine.url)
         else:
             registry.transition(endpoint_id, EndpointStatus.LOADING, expected_run=own_run,
-                                fields={"backend_url": engine.url},
+                                fields={"backend_url": engine.url, "exporter_url": exporter.url},
                                 message=f"{runtime.kind} engine started on {engine.url}")
             _publish_artifacts(endpoint, org_name, spec, endpoint_urls(endpoint.name, org_name).url)
-        _supervise(engine, endpoint_id, own_run, registry, watch_status=not candidate)
+        _supervise(engine, endpoint_id, own_run, registry, watch_status=not candidate,
+                   exporter_url=exporter.url)
     finally:
+        if exporter is not None:
+            exporter.stop()
         if engine is not None:
             engine.stop()
             logger.info("engine stopped")
@@ -153,8 +159,11 @@ def serve_endpoint(endpoint_id: str, generation: int = 0) -> None:
 
 
 def _supervise(engine: EngineHandle, endpoint_id: str, own_run: str, registry: Registry,
-               *, watch_status: bool) -> None:
-    """Watch the engine, our own run state and health until one says stop."""
+               *, watch_status: bool, exporter_url: str) -> None:
+    """Watch the engine, our own run state and health until one says stop.
+
+    A candidate starts watching the endpoint's status once it has been promoted to live.
+    """
     logger = get_run_logger()
     healthy = False
     failed_probes = 0
@@ -175,6 +184,9 @@ def _supervise(engine: EngineHandle, endpoint_id: str, own_run: str, registry: R
             if state == StateType.CANCELLING or is_final(state):
                 logger.info("run is %s: stopping the engine", state)
                 return
+            if not watch_status and _promoted(registry, endpoint_id, own_run, exporter_url):
+                watch_status = True
+                logger.info("promoted: this run now serves the endpoint")
         if now >= next_probe:
             result = probe(engine.url, timeout_s=2.0)
             next_probe = now + (HEALTHY_PROBE_S if healthy else LOADING_PROBE_S)
@@ -194,6 +206,14 @@ def _supervise(engine: EngineHandle, endpoint_id: str, own_run: str, registry: R
                                         reason=ReasonCode.HEALTH_CHECK_FAILED,
                                         message=f"/health failed {failed_probes} times in a row")
         time.sleep(LOADING_PROBE_S)
+
+
+def _promoted(registry: Registry, endpoint_id: str, own_run: str, exporter_url: str) -> bool:
+    endpoint = registry.get_endpoint(endpoint_id)
+    if endpoint is None or endpoint.serve_run_id != own_run:
+        return False
+    registry.update_endpoint(endpoint_id, exporter_url=exporter_url)
+    return True
 
 
 def _engine_exited(registry: Registry, endpoint_id: str, own_run: str, summary: str) -> None:

@@ -29,7 +29,8 @@ from inference_endpoints.gc import (
     Facts,
     Holder,
     RunFact,
-    backends_to_probe,
+    checkpoints_to_locate,
+    endpoints_of,
     plan,
     runs_to_read,
 )
@@ -38,6 +39,9 @@ from inference_endpoints.models import utcnow
 from inference_endpoints.registry import Registry
 from inference_endpoints.store import CheckpointStore, UnsafePath
 
+# One collection looks at no more checkpoints than this: it bounds the planning time and
+# the Prefect reads (one per 200 runs) of a mass delete; the rest waits for the next run.
+DEFAULT_MAX_CANDIDATES = 20_000
 RunStateSource = Callable[[Sequence[str]], Mapping[str, RunFact]]
 BackendProbe = Callable[[Sequence[str]], Mapping[str, bool]]
 T = TypeVar("T")
@@ -73,8 +77,7 @@ class Outcome:
     def row(self) -> dict[str, str]:
         detail = self.detail
         if self.holders:
-            detail += ": " + "; ".join(
-                f"{h.endpoint_name} (run {h.flow_run_id or '-'}: {h.why})" for h in self.holders)
+            detail = "held by " + "; ".join(f"{h.endpoint_name}: {h.why}" for h in self.holders)
         return {"checkpoint": self.checkpoint.name, "id": self.checkpoint.id,
                 "org": self.checkpoint.org_id, "result": self.result.value,
                 "bytes freed": str(self.bytes_freed), "detail": detail}
@@ -86,6 +89,7 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     prefect_error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    deferred: int = 0  # candidates left for the next collection (past `max_candidates`)
 
     def of(self, result: Result) -> list[Outcome]:
         return [o for o in self.outcomes if o.result == result]
@@ -100,15 +104,15 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: what the flow returns and the CLI prints."""
         return {"dry_run": self.dry_run, "prefect_error": self.prefect_error,
-                "counts": self.counts(), "bytes_freed": self.bytes_freed,
+                "counts": self.counts(), "bytes_freed": self.bytes_freed, "deferred": self.deferred,
                 "timings_s": self.timings_s, "rows": [o.row() for o in self.outcomes]}
 
 
 def collect(registry: Registry, store: CheckpointStore, runs: RunStateSource, backends: BackendProbe,
-            *, dry_run: bool, lease_grace_s: float,
-            clock: Callable[[], datetime] = utcnow) -> Report:
+            *, dry_run: bool, lease_grace_s: float, clock: Callable[[], datetime] = utcnow,
+            max_candidates: int | None = DEFAULT_MAX_CANDIDATES) -> Report:
     return drive(collect_steps(registry, store, runs, backends, dry_run=dry_run,
-                               lease_grace_s=lease_grace_s, clock=clock))
+                               lease_grace_s=lease_grace_s, clock=clock, max_candidates=max_candidates))
 
 
 def drive(steps: Generator[str, None, T]) -> T:
@@ -122,41 +126,55 @@ def drive(steps: Generator[str, None, T]) -> T:
 
 def collect_steps(registry: Registry, store: CheckpointStore, runs: RunStateSource,
                   backends: BackendProbe, *, dry_run: bool, lease_grace_s: float,
-                  clock: Callable[[], datetime] = utcnow) -> Generator[str, None, Report]:
+                  clock: Callable[[], datetime] = utcnow,
+                  max_candidates: int | None = DEFAULT_MAX_CANDIDATES) -> Generator[str, None, Report]:
     """The collection, one step per `yield` (the yielded value names the step just done)."""
     timings: dict[str, float] = {}
+    deferred = 0
     with _timed(timings, "load facts"):
-        candidates = lifecycle.load_candidates(registry)
+        candidates = lifecycle.load_candidates(registry, max_candidates)
+        if max_candidates is not None and len(candidates) >= max_candidates:
+            deferred = max(lifecycle.count_candidates(registry) - len(candidates), 0)
     yield "candidates loaded"
     with _timed(timings, "load facts"):
         leases = lifecycle.load_leases(registry, candidates)
     yield "leases loaded"
     facts = Facts(candidates, leases, clock())
-    evidence = yield from _gather_evidence(facts, runs, backends, lease_grace_s, timings)
-    with _timed(timings, "plan"):
+    evidence = yield from _gather_evidence(registry, facts, runs, backends, lease_grace_s, timings)
+    with _timed(timings, "plan"), lifecycle.gc_paused():
         decisions = plan(facts, evidence, lease_grace_s=lease_grace_s)
     yield "planned"
     with _timed(timings, "execute"):
         outcomes = yield from execute_steps(registry, store, decisions, dry_run=dry_run)
-    return Report(dry_run, outcomes, evidence.prefect_error, timings)
+    return Report(dry_run, outcomes, evidence.prefect_error, timings, deferred)
 
 
-def _gather_evidence(facts: Facts, runs: RunStateSource, backends: BackendProbe,
+def _gather_evidence(registry: Registry, facts: Facts, runs: RunStateSource, backends: BackendProbe,
                      grace_s: float, timings: dict[str, float]) -> Generator[str, None, Evidence]:
+    """Run states, then backend addresses, then probes: the order `gc.Evidence` requires."""
     states: Mapping[str, RunFact] | None = None
     with _timed(timings, "read run states"):
         try:
             # Asked even with no run to read: an unreachable Prefect stops the whole collection.
-            states = runs(runs_to_read(facts))
+            with lifecycle.gc_paused():
+                run_ids = runs_to_read(facts)
+            states = runs(run_ids)
         except RunStatesUnavailable as exc:
             error = str(exc)
     yield "run states read"
     if states is None:
         return Evidence(runs=None, prefect_error=error)
+    with _timed(timings, "locate backends"):
+        with lifecycle.gc_paused():
+            located = checkpoints_to_locate(facts, states, lease_grace_s=grace_s)
+            endpoint_ids = endpoints_of(facts, located)
+        backend_urls = lifecycle.load_backend_urls(registry, endpoint_ids)
+    yield "backends located"
     with _timed(timings, "probe backends"):
-        answering = backends(backends_to_probe(facts, states, lease_grace_s=grace_s))
+        answering = backends(sorted(set(backend_urls.values())))
     yield "backends probed"
-    return Evidence(runs=states, answering=answering)
+    return Evidence(runs=states, located=frozenset(located), backend_urls=backend_urls,
+                    answering=answering)
 
 
 def execute_steps(registry: Registry, store: CheckpointStore, decisions: Sequence[Decision],
@@ -184,8 +202,9 @@ def _reclaim_steps(registry: Registry, store: CheckpointStore,
     except UnsafePath as exc:
         return Outcome(ckpt, Result.SKIPPED, f"unsafe location, never deleted: {exc}")
     if d.action == Action.RECLAIM:
-        if not lifecycle.mark_reclaiming(registry, ckpt.id):
-            return Outcome(ckpt, Result.SKIPPED, "no longer `deleted` (another collection took it)")
+        marked = lifecycle.mark_reclaiming(registry, ckpt.id, d.lease_runs)
+        if marked != lifecycle.Marked.DONE:
+            return Outcome(ckpt, Result.SKIPPED, f"{marked.value}; looked at again next time")
         yield f"{ckpt.id} marked reclaiming"
     try:
         freed = store.reclaim(ckpt.location)
@@ -194,9 +213,9 @@ def _reclaim_steps(registry: Registry, store: CheckpointStore,
     except OSError as exc:
         return Outcome(ckpt, Result.SKIPPED, f"could not delete its bytes ({exc}); retried next time")
     yield f"{ckpt.id} bytes deleted"
-    marked = lifecycle.mark_reclaimed(registry, ckpt.id)
+    first = lifecycle.mark_reclaimed(registry, ckpt.id)
     yield f"{ckpt.id} marked reclaimed"
-    detail = d.reason if marked else f"{d.reason}; another collection marked it reclaimed"
+    detail = d.reason if first else f"{d.reason}; another collection marked it reclaimed"
     return Outcome(ckpt, Result.RECLAIMED, detail, bytes_freed=freed)
 
 

@@ -11,14 +11,23 @@ one decision per checkpoint with a reason. The rule, from the issue:
 "Ended in Prefect" alone does not prove the engine is gone (forced cancels,
 heartbeat-crashed runs), hence the backend probe. When in doubt, keep the bytes:
 losing weights an endpoint serves is worse than reclaiming late.
+
+The caller must gather in this order: candidates, their leases, run states, backend
+addresses, probes (see `Evidence`). Each later read covers what an earlier one could
+have missed: a lease taken after the candidates were read needs an `available`
+checkpoint; an address written after the lease read was written by a run whose state
+is read later still.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from itertools import chain
+from operator import itemgetter
+from typing import NamedTuple
 
 from inference_endpoints.status import CheckpointStatus
 
@@ -35,8 +44,9 @@ class RunFact:
     label: str  # Prefect's state name, for reasons ("Running", "Crashed", ...)
 
 
-@dataclass(frozen=True)
-class CheckpointFact:
+class CheckpointFact(NamedTuple):
+    """A NamedTuple, like `LeaseFact`: a collection may load a million of them."""
+
     id: str
     org_id: str
     name: str
@@ -45,15 +55,13 @@ class CheckpointFact:
     size_bytes: int
 
 
-@dataclass(frozen=True)
-class LeaseFact:
+class LeaseFact(NamedTuple):
     checkpoint_id: str
     endpoint_id: str
     endpoint_name: str
     flow_run_id: str | None
     released: bool
     created_at: datetime | None  # needed only while flow_run_id is None
-    backend_url: str | None  # from the endpoint record; None once removed or never started
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,19 @@ class Facts:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the outside world said. `runs is None` means Prefect could not be reached."""
+    """What was learnt after the facts, in this order (the order matters, see below).
+
+    1. `runs`: Prefect's state of each lease's run; None if Prefect could not be reached.
+    2. `backend_urls`: the backend address of the endpoints of the `located` checkpoints
+       (those that have one: a removed endpoint has none), read from the registry after
+       the run states, so an address written by a run that has since ended is always seen.
+    3. `answering`: whether anything still answers at those addresses.
+    """
 
     runs: Mapping[str, RunFact] | None
-    answering: Mapping[str, bool] = field(default_factory=dict)  # backend URL -> still answers
+    located: Collection[str] = frozenset()  # checkpoint ids
+    backend_urls: Mapping[str, str] = field(default_factory=dict)  # endpoint id -> address
+    answering: Mapping[str, bool] = field(default_factory=dict)
     prefect_error: str | None = None
 
 
@@ -81,20 +98,21 @@ class Action(StrEnum):
     SKIP = "skip"  # cannot decide now (Prefect unreachable)
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     endpoint_name: str
     endpoint_id: str
     flow_run_id: str | None
     why: str
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     checkpoint: CheckpointFact
     action: Action
     reason: str
     holders: tuple[Holder, ...] = ()
+    # RECLAIM: the leases' runs this decision saw ("" for none), sorted. Marking `reclaiming`
+    # re-reads them under the row lock and backs off if any lease appeared or changed.
+    lease_runs: tuple[str, ...] = ()
 
 
 def plan(facts: Facts, evidence: Evidence, *, lease_grace_s: float) -> list[Decision]:
@@ -106,31 +124,70 @@ def plan(facts: Facts, evidence: Evidence, *, lease_grace_s: float) -> list[Deci
 def _decide(ckpt: CheckpointFact, leases: Sequence[LeaseFact], now: datetime,
             evidence: Evidence, grace_s: float) -> Decision:
     if ckpt.status == CheckpointStatus.RECLAIMING:
-        # Only a collector that found every run over writes `reclaiming`, and a checkpoint that
-        # is not `available` can gain no lease since: the decision still holds, finish it.
+        # Only a collector that found every run over writes `reclaiming` (and only if no lease
+        # changed meanwhile); no lease can be taken on it since: finish the job.
         return Decision(ckpt, Action.FINISH, "an earlier collection marked it reclaiming and "
                         "stopped before finishing; deleting what is left")
     if evidence.runs is None:
         return Decision(ckpt, Action.SKIP, f"Prefect unreachable ({evidence.prefect_error}); "
                         "nothing is reclaimed while run states are unknown")
-    holders = tuple(h for h in (_holder(lease, now, evidence, grace_s) for lease in leases) if h)
+    if ckpt.id in evidence.located:
+        undecided = _not_plainly_over(leases, evidence.runs, evidence.backend_urls, evidence.answering)
+        holders = tuple(h for h in (_holder(lease, now, evidence, grace_s) for lease in undecided) if h)
+    else:  # held by run states alone, or else (a caller's mistake) its addresses are unknown
+        holders = tuple(Holder(lease.endpoint_name, lease.endpoint_id, lease.flow_run_id, why)
+                        for lease in leases if (why := _run_blocks(lease, now, evidence, grace_s)))
+        holders = holders or tuple(
+            Holder(lease.endpoint_name, lease.endpoint_id, lease.flow_run_id,
+                   "its backend address was not checked") for lease in leases)
     if holders:
         names = ", ".join(sorted({h.endpoint_name for h in holders}))
         return Decision(ckpt, Action.HOLD, f"held by {names}", holders)
+    runs = tuple(sorted(lease.flow_run_id or "" for lease in leases))
     if not leases:
-        return Decision(ckpt, Action.RECLAIM, "no endpoint ever leased it")
+        return Decision(ckpt, Action.RECLAIM, "no endpoint ever leased it", lease_runs=runs)
     return Decision(ckpt, Action.RECLAIM,
-                    f"all {len(leases)} run(s) that leased it ended and their backends are gone")
+                    f"all {len(leases)} run(s) that leased it ended and their backends are gone",
+                    lease_runs=runs)
 
 
 def _holder(lease: LeaseFact, now: datetime, evidence: Evidence, grace_s: float) -> Holder | None:
     """Why this lease still keeps the bytes, or None if its run is over."""
-    why = _run_blocks(lease, now, evidence, grace_s)
-    if why is None and lease.backend_url is not None and evidence.answering.get(lease.backend_url, True):
-        why = f"its backend {lease.backend_url} still answers"
+    why = _run_blocks(lease, now, evidence, grace_s) or _backend_blocks(lease, evidence)
     if why is None:
         return None
     return Holder(lease.endpoint_name, lease.endpoint_id, lease.flow_run_id, why)
+
+
+def _backend_blocks(lease: LeaseFact, evidence: Evidence) -> str | None:
+    url = evidence.backend_urls.get(lease.endpoint_id)
+    if url is not None and evidence.answering.get(url, True):
+        return f"its backend {url} still answers"
+    return None
+
+
+def _not_plainly_over(leases: Sequence[LeaseFact], runs: Mapping[str, RunFact],
+                      urls: Mapping[str, str] | None, answering: Mapping[str, bool]) -> list[LeaseFact]:
+    """Drop the common case (run ended, and nothing answers) without building any reason text.
+
+    Keeps every lease `_holder` might hold on; with `urls=None` judges run states only.
+    One call per checkpoint, no call per lease: this loop sees every lease, a million
+    of them in a large collection.
+    """
+    ended, missing = RunState.ENDED, RunState.MISSING
+    get_run = runs.get
+    rest = []
+    for lease in leases:
+        run_id = lease.flow_run_id
+        run = get_run(run_id) if run_id is not None else None
+        if run is not None and (run.state is ended or (run.state is missing and lease.released)):
+            if urls is None:
+                continue
+            url = urls.get(lease.endpoint_id)
+            if url is None or not answering.get(url, True):
+                continue
+        rest.append(lease)
+    return rest
 
 
 def _run_blocks(lease: LeaseFact, now: datetime, evidence: Evidence, grace_s: float) -> str | None:
@@ -168,28 +225,29 @@ def _fmt_age(age: float | None) -> str:
 
 
 def runs_to_read(facts: Facts) -> list[str]:
-    """Distinct flow runs whose state matters: those of leases on `deleted` candidates."""
-    deleted = {c.id for c in facts.checkpoints if c.status == CheckpointStatus.DELETED}
-    return sorted({lease.flow_run_id for cid in deleted for lease in facts.leases.get(cid, ())
-                   if lease.flow_run_id is not None})
+    """Distinct flow runs of the candidates' leases, unordered (C-level iteration: a million leases)."""
+    run_ids = set(map(_RUN_ID, chain.from_iterable(facts.leases.values())))
+    run_ids.discard(None)
+    return list(run_ids)
 
 
-def backends_to_probe(facts: Facts, runs: Mapping[str, RunFact], *, lease_grace_s: float) -> list[str]:
-    """Backend URLs whose answer could still change a decision.
+_RUN_ID = itemgetter(LeaseFact._fields.index("flow_run_id"))
 
-    A checkpoint already held for a run-state reason needs no probes, which keeps
-    one collection from probing thousands of addresses for nothing.
+
+def checkpoints_to_locate(facts: Facts, runs: Mapping[str, RunFact], *, lease_grace_s: float) -> list[str]:
+    """`deleted` candidates whose endpoints' backend addresses could still change the decision.
+
+    A checkpoint already held for a run-state reason needs none, which keeps one collection
+    from reading and probing thousands of addresses for nothing.
     """
     evidence = Evidence(runs=runs)
-    urls: set[str] = set()
-    for ckpt in facts.checkpoints:
-        if ckpt.status != CheckpointStatus.DELETED:
-            continue
-        leases = facts.leases.get(ckpt.id, ())
-        if any(_run_blocks(lease, facts.now, evidence, lease_grace_s) for lease in leases):
-            continue
-        urls.update(lease.backend_url for lease in leases if lease.backend_url is not None)
-    return sorted(urls)
+    return [ckpt.id for ckpt in facts.checkpoints if ckpt.status == CheckpointStatus.DELETED
+            and not any(_run_blocks(lease, facts.now, evidence, lease_grace_s) for lease in
+                        _not_plainly_over(facts.leases.get(ckpt.id, ()), runs, None, {}))]
+
+
+def endpoints_of(facts: Facts, checkpoint_ids: Iterable[str]) -> set[str]:
+    return {lease.endpoint_id for cid in checkpoint_ids for lease in facts.leases.get(cid, ())}
 
 
 def summarize(decisions: Iterable[Decision]) -> dict[Action, int]:

@@ -113,6 +113,9 @@ def render(request: ValidatedCreate, *, model_root: str, api_key: str) -> Servin
         # vLLM-CPU would otherwise reserve most of the host's RAM for KV cache.
         kv_gib = max(1, math.ceil(request.fit.kv_cache_bytes / GIB))
         env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
+        # Several engines share a CPU host (a rolling replacement runs two at once); vLLM's
+        # default pins every engine's threads to the same cores, starving the newcomer.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
         args += ["--enforce-eager"]
     else:
         args += ["--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION)]

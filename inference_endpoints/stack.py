@@ -40,19 +40,29 @@ class StackState:
     prefect_pid: int | None = None
     workers: dict[str, int] = field(default_factory=dict)
     gateway_pid: int | None = None
+    discovery_pid: int | None = None
+    prometheus_pid: int | None = None
+    prometheus_url: str | None = None
+    console_pid: int | None = None
 
     def to_json(self) -> str:
         return json.dumps({"prefect_url": self.prefect_url, "prefect_pid": self.prefect_pid,
-                           "workers": self.workers, "gateway_pid": self.gateway_pid}, indent=2)
+                           "workers": self.workers, "gateway_pid": self.gateway_pid,
+                           "discovery_pid": self.discovery_pid,
+                           "prometheus_pid": self.prometheus_pid,
+                           "prometheus_url": self.prometheus_url,
+                           "console_pid": self.console_pid}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> StackState:
         data = json.loads(text)
         return cls(data["prefect_url"], data.get("prefect_pid"), data.get("workers", {}),
-                   data.get("gateway_pid"))
+                   data.get("gateway_pid"), data.get("discovery_pid"), data.get("prometheus_pid"),
+                   data.get("prometheus_url"), data.get("console_pid"))
 
     def pids(self) -> list[int]:
-        return [p for p in (self.prefect_pid, self.gateway_pid, *self.workers.values()) if p]
+        return [p for p in (self.prefect_pid, self.gateway_pid, self.discovery_pid,
+                            self.prometheus_pid, self.console_pid, *self.workers.values()) if p]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -218,14 +228,66 @@ class LocalStack:
             time.sleep(0.2)
         raise TimeoutError(f"gateway not answering after {timeout_s:.0f} s")
 
+    # ---- console and REST API -----------------------------------------------------------
+
+    @property
+    def console_url(self) -> str:
+        port = os.environ.get("IE_CONSOLE_PORT", "8781")
+        return f"http://127.0.0.1:{port}"
+
+    def console_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.console_url}/openapi.json", timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_console(self, timeout_s: float = 60) -> int:
+        state = self.read_state() or StackState(self.prefect_url)
+        if pid_alive(state.console_pid) and self.console_healthy():
+            assert state.console_pid is not None
+            return state.console_pid
+        pid = self._spawn([sys.executable, "-m", "inference_endpoints.console.server"], "console.log")
+        state.console_pid = pid
+        self.write_state(state)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.console_healthy():
+                return pid
+            if not pid_alive(pid):
+                raise RuntimeError(f"console exited; see {self.settings.log_dir / 'console.log'}")
+            time.sleep(0.3)
+        raise TimeoutError(f"console not answering after {timeout_s:.0f} s")
+
+    # ---- metrics ------------------------------------------------------------------------
+
+    def start_metrics(self) -> str:
+        """Prometheus, discovering what to scrape from the registry; returns its URL."""
+        from inference_endpoints.metrics.discovery import start_discovery
+        from inference_endpoints.metrics.prometheus import start_prometheus
+
+        state = self.read_state() or StackState(self.prefect_url)
+        sd_url = None
+        if not pid_alive(state.discovery_pid):
+            state.discovery_pid, sd_url = start_discovery(self.settings, env=self.env())
+            self.write_state(state)
+        if not pid_alive(state.prometheus_pid):
+            from inference_endpoints.metrics.config import MetricsConfig
+
+            state.prometheus_pid, state.prometheus_url = start_prometheus(
+                self.settings, sd_url or MetricsConfig().discovery_url, self.gateway_url)
+            self.write_state(state)
+        assert state.prometheus_url is not None
+        return state.prometheus_url
+
     def stop(self) -> None:
         state = self.read_state()
         if state is None:
             return
         for pool in list(state.workers):
             stop_pid(state.workers.pop(pool))
-        stop_pid(state.gateway_pid)
-        state.gateway_pid = None
+        for attr in ("console_pid", "gateway_pid", "prometheus_pid", "discovery_pid"):
+            stop_pid(getattr(state, attr))
+            setattr(state, attr, None)
         stop_pid(state.prefect_pid)
         state.prefect_pid = None
         self.write_state(state)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(${IE_APT_PACKAGES:-})
+APT_PACKAGES=(${IE_APT_PACKAGES:-prometheus chromium nodejs npm})
 
 stage "system packages"
 missing=()
@@ -19,7 +19,7 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 done_stage
 
@@ -49,4 +49,8 @@ if [[ ! -f .venv-engine/.ie-stamp || "$(cat .venv-engine/.ie-stamp)" != "$(stamp
   .venv-engine/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
   stamp > .venv-engine/.ie-stamp
 fi
+done_stage
+
+stage "front-end libraries (npm: htmx, Chart.js)"
+bash scripts/setup-frontend.sh
 done_stage

@@ -61,9 +61,19 @@ class FakeBackends:
 
     def __init__(self) -> None:
         self.answering: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, url: str) -> None:
+        with self._lock:
+            self.answering.add(url)
+
+    def discard(self, url: str) -> None:
+        with self._lock:
+            self.answering.discard(url)
 
     def __call__(self, urls: Sequence[str]) -> dict[str, bool]:
-        live = set(self.answering)
+        with self._lock:
+            live = set(self.answering)
         return {url: url in live for url in urls}
 
 
@@ -106,7 +116,11 @@ class GcWorld:
         return register_checkpoint(self.registry, self.store, self.org_id, src, name)
 
     def clone(self, template: Checkpoint, name: str, base_id: str | None = None) -> Checkpoint:
-        """A new checkpoint row with `template`'s facts and a tiny read-only directory (fast)."""
+        """A new checkpoint with `template`'s facts and a tiny read-only directory (fast)."""
+        return self.registry.add_checkpoint(self.clone_row(template, name, base_id))
+
+    def clone_row(self, template: Checkpoint, name: str, base_id: str | None = None) -> Checkpoint:
+        """`clone` without the insert, for callers that insert several rows in one transaction."""
         cid = new_id("ckpt")
         location = f"{self.org_id}/{cid}"
         path = self.store.path_of(location)
@@ -118,7 +132,7 @@ class GcWorld:
                          base_model=template.base_model, base_checkpoint_id=base_id,
                          location=location, size_bytes=514, digest="sha256:test",
                          architecture=template.architecture, facts_json=template.facts_json)
-        return self.registry.add_checkpoint(row)
+        return row
 
     def create(self, name: str, checkpoint: str) -> Endpoint:
         """Validate, render and record an endpoint with its lease(s), as create-endpoint does."""
@@ -134,12 +148,12 @@ class GcWorld:
         self.registry.update_endpoint(endpoint_id, serve_run_id=run_id, backend_url=url)
         self.registry.set_lease_run(endpoint_id, run_id)
         if url:
-            self.backends.answering.add(url)
+            self.backends.add(url)
 
     def stop(self, endpoint_id: str, run_id: str | None, url: str | None) -> None:
         """What a confirmed stop does: the engine is gone, the run ended, the leases released."""
         if url:
-            self.backends.answering.discard(url)
+            self.backends.discard(url)
         if run_id:
             self.prefect.set(run_id, "Cancelled")
         self.registry.release_leases(endpoint_id)

@@ -32,6 +32,9 @@ def _setup() -> SessionEnv:
     os.environ["IE_DATA_DIR"] = str(data_dir)
     os.environ["IE_PREFECT_PORT"] = str(env.prefect_port)
     os.environ["IE_GATEWAY_PORT"] = str(env.gateway_port)
+    os.environ["IE_PROMETHEUS_PORT"] = str(_free_port())
+    os.environ["IE_DISCOVERY_PORT"] = str(_free_port())
+    os.environ["IE_CONSOLE_PORT"] = str(_free_port())
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{env.prefect_port}/api"
     os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,8 @@ def test_delete_while_served_names_the_holders_and_keeps_serving(world: GcWorld)
     assert answer.holders[0].endpoint_status == "loading" and answer.holders[0].flow_run_id == "run-1"
     assert answer.orphaned_adapters == ("adapter",)
     assert "held by lora-ep (loading)" in answer.message()
+    as_json = answer.to_dict()
+    assert as_json["bytes"] == "held" and as_json["held_by"][0]["endpoint"] == "lora-ep"
     listed = {row.name: [h.endpoint_name for h in hs] for row, hs in lifecycle.list_with_holders(
         world.registry, world.org_id, include_deleted=True)}
     assert listed == {"demo-tiny-llama": ["lora-ep"], "adapter": ["lora-ep"]}
@@ -90,7 +93,7 @@ def test_delete_while_served_names_the_holders_and_keeps_serving(world: GcWorld)
     assert run_gc(world).outcomes == []  # reclaimed ones are done for good
 
 
-def test_load_facts_reads_every_lease_with_its_backend(world: GcWorld) -> None:
+def test_load_facts_reads_every_lease_and_then_the_backends(world: GcWorld) -> None:
     keep = world.register_full("keep")
     gone = world.register_full("gone")
     a = world.create("a", "gone")
@@ -103,27 +106,64 @@ def test_load_facts_reads_every_lease_with_its_backend(world: GcWorld) -> None:
     facts = lifecycle.load_facts(world.registry)
     assert [c.id for c in facts.checkpoints] == [gone.id]
     leases = sorted(facts.leases[gone.id], key=lambda lease: lease.endpoint_name)
-    assert [(x.endpoint_name, x.flow_run_id, x.released, x.backend_url) for x in leases] == [
-        ("a", "run-a", True, "http://127.0.0.1:9101"), ("b", "run-b", False, None)]
+    assert [(x.endpoint_name, x.flow_run_id, x.released) for x in leases] == [
+        ("a", "run-a", True), ("b", "run-b", False)]
     assert keep.id not in facts.leases
+    assert lifecycle.load_backend_urls(world.registry, [a.id, b.id, "ep_gone"]) == {
+        a.id: "http://127.0.0.1:9101"}
     world.registry.transition(a.id, EndpointStatus.STOPPING)
     world.registry.transition(a.id, EndpointStatus.STOPPED)
     world.registry.remove_endpoint(a.id)  # the lease outlives the record; no address to probe
-    leases = lifecycle.load_facts(world.registry).leases[gone.id]
-    assert {x.endpoint_name: x.backend_url for x in leases} == {"a": None, "b": None}
+    assert len(lifecycle.load_facts(world.registry).leases[gone.id]) == 2
+    assert lifecycle.load_backend_urls(world.registry, [a.id]) == {}
+
+
+def test_marking_reclaiming_backs_off_when_the_leases_changed(world: GcWorld) -> None:
+    ckpt = world.register_full("tiny")
+    ep = world.create("ep", "tiny")
+    world.start(ep.id, "run-1", None)
+    lifecycle.delete_checkpoint(world.registry, world.org_id, "tiny")
+    assert lifecycle.transfer_leases(world.registry, ep.id, "run-2")  # a restart, after planning
+    marked = lifecycle.Marked
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id, ("run-1",)) == marked.LEASES_CHANGED
+    assert world.status(ckpt.id) == "deleted"  # rolled back
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id, ("run-1", "run-2")) == marked.DONE
+    assert not lifecycle.transfer_leases(world.registry, ep.id, "run-3")  # too late now
+    assert [lease.flow_run_id for lease in world.registry.open_leases(ckpt.id)] == ["run-2"]
 
 
 def test_guarded_marks_win_once(world: GcWorld) -> None:
     ckpt = world.register_full("tiny")
-    assert not lifecycle.mark_reclaiming(world.registry, ckpt.id)  # still available
+    marked = lifecycle.Marked
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id) == marked.NOT_DELETED  # still available
     lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
     assert not lifecycle.mark_reclaimed(world.registry, ckpt.id)  # not reclaiming yet
-    assert lifecycle.mark_reclaiming(world.registry, ckpt.id)
-    assert not lifecycle.mark_reclaiming(world.registry, ckpt.id)
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id) == marked.DONE
+    assert lifecycle.mark_reclaiming(world.registry, ckpt.id) == marked.NOT_DELETED
     assert lifecycle.mark_reclaimed(world.registry, ckpt.id)
     assert not lifecycle.mark_reclaimed(world.registry, ckpt.id)
     row = world.registry.find_checkpoint(world.org_id, ckpt.id)
     assert row is not None and row.status == "reclaimed" and row.reclaimed_at is not None
+
+
+def test_a_large_backlog_is_collected_a_page_at_a_time(world: GcWorld) -> None:
+    template = world.register_full("tmpl")
+    rows = [world.clone(template, f"c{i}") for i in range(5)]
+    for row in rows:
+        lifecycle.delete_checkpoint(world.registry, world.org_id, row.id)
+    lifecycle.delete_checkpoint(world.registry, world.org_id, template.id)
+    assert lifecycle.mark_reclaiming(world.registry, template.id) == lifecycle.Marked.DONE  # goes first
+    first = collect(world.registry, world.store, world.prefect, world.backends, dry_run=False,
+                    lease_grace_s=GRACE, max_candidates=2)
+    assert len(first.outcomes) == 2 and first.deferred == 4
+    assert first.outcomes[0].checkpoint.id == template.id
+    second = collect(world.registry, world.store, world.prefect, world.backends, dry_run=False,
+                     lease_grace_s=GRACE, max_candidates=2)
+    assert second.deferred == 2 and second.to_dict()["deferred"] == 2
+    rest = collect(world.registry, world.store, world.prefect, world.backends, dry_run=False,
+                   lease_grace_s=GRACE, max_candidates=2)
+    assert rest.deferred == 0 and len(rest.outcomes) == 2
+    assert {world.status(r.id) for r in [*rows, template]} == {"reclaimed"}
 
 
 def test_dry_run_writes_nothing(world: GcWorld) -> None:
@@ -273,3 +313,98 @@ def test_a_symlink_inside_a_checkpoint_is_removed_not_followed(world: GcWorld) -
     assert report.bytes_freed == ckpt.size_bytes  # the link's target is not counted
     assert not path.exists() and (victim / "weights.bin").exists()
     assert victim.stat().st_mode & 0o777 == 0o555  # permissions outside untouched
+
+
+# ---- one event injected at every point of a collection -----------------------------------------
+# The random interleavings (test_gc_race.py) cover many schedules; these cover, for the three
+# races that matter most, every point of one collection at which the other actor can strike.
+
+def _inject_everywhere(world: GcWorld, setup: Callable[[int], Checkpoint],
+                       strike: Callable[[int], None], ok: Callable[[Checkpoint], bool]) -> int:
+    """For k = 0, 1, ...: fresh setup, run a collection k steps, strike, finish it; check `ok`."""
+    k = 0
+    while True:
+        ckpt = setup(k)
+        steps = collect_steps(world.registry, world.store, world.prefect, world.backends,
+                              dry_run=False, lease_grace_s=GRACE)
+        finished = False
+        for _ in range(k):
+            if next(steps, None) is None:
+                finished = True
+                break
+        strike(k)
+        for _ in steps:
+            pass
+        assert ok(ckpt), f"struck after step {k}: {world.status(ckpt.id)}"
+        if finished:
+            return k
+        k += 1
+
+
+def test_an_engine_that_starts_and_turns_zombie_mid_collection_is_always_seen(world: GcWorld) -> None:
+    """Its address is written while its run is active, and read only after the run states."""
+    template = world.register_full("tmpl")
+    eps: dict[int, str] = {}
+
+    def setup(k: int) -> Checkpoint:
+        ckpt = world.clone(template, f"z{k}")
+        ep = world.create(f"z{k}", ckpt.id)
+        world.prefect.set(f"run-z{k}", "Scheduled")
+        world.registry.update_endpoint(ep.id, serve_run_id=f"run-z{k}")
+        world.registry.set_lease_run(ep.id, f"run-z{k}")
+        lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
+        eps[k] = ep.id
+        return ckpt
+
+    def strike(k: int) -> None:  # the engine starts, Prefect then calls the run Crashed: a zombie
+        world.start(eps[k], f"run-z{k}", f"http://10.9.0.1:{k + 1000}")
+        world.prefect.set(f"run-z{k}", "Crashed")
+
+    assert _inject_everywhere(world, setup, strike, world.bytes_exist) >= 6
+
+
+def test_a_restart_mid_collection_never_loses_its_bytes(world: GcWorld) -> None:
+    """Before `reclaiming` the restart wins and the collector backs off; after, it is refused."""
+    template = world.register_full("tmpl")
+    eps: dict[int, str] = {}
+    restarted: dict[int, bool] = {}
+
+    def setup(k: int) -> Checkpoint:
+        ckpt = world.clone(template, f"r{k}")
+        ep = world.create(f"r{k}", ckpt.id)
+        world.start(ep.id, f"run-r{k}", None)
+        world.prefect.set(f"run-r{k}", "Crashed")  # crashed, engine gone, lease still open
+        lifecycle.delete_checkpoint(world.registry, world.org_id, ckpt.id)
+        eps[k] = ep.id
+        return ckpt
+
+    def strike(k: int) -> None:
+        restarted[k] = lifecycle.transfer_leases(world.registry, eps[k], f"run-r{k}-2")
+        if restarted[k]:
+            world.prefect.set(f"run-r{k}-2", "Scheduled")
+
+    def ok(ckpt: Checkpoint) -> bool:
+        k = int(ckpt.name.removeprefix("r"))
+        return world.bytes_exist(ckpt) if restarted[k] else world.status(ckpt.id) == "reclaimed"
+
+    last = _inject_everywhere(world, setup, strike, ok)
+    assert any(restarted.values()) and not all(restarted.values()) and last >= 7
+
+
+def test_a_create_and_delete_between_the_reads_is_always_seen(world: GcWorld) -> None:
+    """Candidates are read before leases: a lease taken in between is on a checkpoint not yet
+    deleted when the candidates were read, so it is not a candidate this time. (Marking
+    `reclaiming` re-checks the leases too; each defence alone passes this test.)"""
+    template = world.register_full("tmpl")
+    ckpts: dict[int, Checkpoint] = {}
+
+    def setup(k: int) -> Checkpoint:
+        ckpts[k] = world.clone(template, f"c{k}")
+        return ckpts[k]
+
+    def strike(k: int) -> None:
+        ep = world.create(f"c{k}", ckpts[k].id)  # lease taken, no serve run yet
+        lifecycle.delete_checkpoint(world.registry, world.org_id, ckpts[k].id)
+        assert ep.id
+
+    assert _inject_everywhere(world, setup, strike, world.bytes_exist) >= 2

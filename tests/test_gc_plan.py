@@ -15,7 +15,8 @@ from inference_endpoints.gc import (
     LeaseFact,
     RunFact,
     RunState,
-    backends_to_probe,
+    checkpoints_to_locate,
+    endpoints_of,
     plan,
     runs_to_read,
     summarize,
@@ -37,20 +38,33 @@ def ckpt(status: CheckpointStatus = CheckpointStatus.DELETED, cid: str = "ckpt_a
     return CheckpointFact(cid, "org_1", cid.removeprefix("ckpt_"), f"org_1/{cid}", status, 1000)
 
 
+@dataclass(frozen=True)
+class L:
+    """A lease plus the backend address its endpoint record holds (None: none, or removed)."""
+
+    fact: LeaseFact
+    url: str | None
+
+
 def lease(run: str | None = "r1", *, released: bool = False, age_s: float = 3600,
-          url: str | None = URL, ep: str = "ep-a") -> LeaseFact:
-    return LeaseFact("ckpt_a", f"id_{ep}", ep, run, released, NOW - timedelta(seconds=age_s), url)
+          url: str | None = URL, ep: str = "ep-a") -> L:
+    return L(LeaseFact("ckpt_a", f"id_{ep}", ep, run, released, NOW - timedelta(seconds=age_s)), url)
+
+
+def addresses(leases: list[L]) -> dict[str, str]:
+    return {x.fact.endpoint_id: x.url for x in leases if x.url is not None}
 
 
 @dataclass
 class Case:
     id: str
-    leases: list[LeaseFact]
+    leases: list[L]
     runs: dict[str, RunFact] | None
     answering: dict[str, bool] = field(default_factory=dict)
     expect: Action = Action.RECLAIM
     reason_has: str = ""
     status: CheckpointStatus = CheckpointStatus.DELETED
+    located: bool = True
 
 
 CASES = [
@@ -68,6 +82,10 @@ CASES = [
          Action.HOLD, "still answers"),
     Case("ended run, backend not probed counts as answering", [lease()], {"r1": CRASHED}, {},
          Action.HOLD, "still answers"),
+    Case("ended run, addresses not located: hold", [lease()], {"r1": CRASHED}, {URL: False},
+         Action.HOLD, "address was not checked", located=False),
+    Case("held by its run, addresses not located: the run is the reason", [lease(), lease("r2", ep="b")],
+         {"r1": CRASHED, "r2": RUNNING}, {}, Action.HOLD, "r2 is Running", located=False),
     Case("endpoint record removed: run state decides", [lease(released=True, url=None)],
          {"r1": CANCELLED}, {}),
     Case("run state not read", [lease()], {}, {URL: False}, Action.HOLD, "unknown"),
@@ -97,8 +115,10 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_decision(case: Case) -> None:
-    facts = Facts([ckpt(case.status)], {"ckpt_a": case.leases}, NOW)
-    evidence = Evidence(case.runs, case.answering, None if case.runs is not None else "connect refused")
+    facts = Facts([ckpt(case.status)], {"ckpt_a": [x.fact for x in case.leases]}, NOW)
+    located = frozenset({"ckpt_a"} if case.located else ())
+    evidence = Evidence(case.runs, located, addresses(case.leases), case.answering,
+                        None if case.runs is not None else "connect refused")
     [decision] = plan(facts, evidence, lease_grace_s=GRACE)
     assert decision.action == case.expect, decision.reason
     assert case.reason_has in decision.reason + " ".join(h.why for h in decision.holders)
@@ -107,33 +127,42 @@ def test_decision(case: Case) -> None:
 
 
 def test_naive_timestamps_are_taken_as_utc() -> None:
-    young = LeaseFact("ckpt_a", "e", "ep", None, True, (NOW - timedelta(seconds=5)).replace(tzinfo=None),
-                      None)
-    [d] = plan(Facts([ckpt()], {"ckpt_a": [young]}, NOW), Evidence({}), lease_grace_s=GRACE)
+    young = LeaseFact("ckpt_a", "e", "ep", None, True, (NOW - timedelta(seconds=5)).replace(tzinfo=None))
+    [d] = plan(Facts([ckpt()], {"ckpt_a": [young]}, NOW), Evidence({}, frozenset({"ckpt_a"})),
+               lease_grace_s=GRACE)
     assert d.action == Action.HOLD
 
 
-def test_only_runs_of_deleted_candidates_are_read() -> None:
+def test_each_run_is_read_once() -> None:
     facts = Facts([ckpt(), ckpt(CheckpointStatus.RECLAIMING, "ckpt_b")],
-                  {"ckpt_a": [lease("r1"), lease("r1", ep="x"), lease(None)],
-                   "ckpt_b": [lease("r9")]}, NOW)
-    assert runs_to_read(facts) == ["r1"]
+                  {"ckpt_a": [lease("r1").fact, lease("r1", ep="x").fact, lease(None).fact],
+                   "ckpt_b": [lease("r9").fact]}, NOW)
+    assert sorted(runs_to_read(facts)) == ["r1", "r9"]
 
 
-def test_probes_are_skipped_for_checkpoints_held_by_run_state() -> None:
-    other = "http://127.0.0.1:9002"
-    facts = Facts([ckpt(), ckpt(cid="ckpt_b")],
-                  {"ckpt_a": [lease("r1"), lease("r2", url=other)],
-                   "ckpt_b": [lease("r3", url=other)]}, NOW)
-    runs = {"r1": RUNNING, "r2": CANCELLED, "r3": CANCELLED}
-    assert backends_to_probe(facts, runs, lease_grace_s=GRACE) == [other]
+def test_addresses_are_located_only_where_run_states_do_not_decide() -> None:
+    facts = Facts([ckpt(), ckpt(cid="ckpt_b"), ckpt(CheckpointStatus.RECLAIMING, "ckpt_c")],
+                  {"ckpt_a": [lease("r1").fact, lease("r2", ep="b").fact],
+                   "ckpt_b": [lease("r3", ep="c").fact, lease("r4", ep="d").fact]}, NOW)
+    runs = {"r1": RUNNING, "r2": CANCELLED, "r3": CANCELLED, "r4": CRASHED}
+    located = checkpoints_to_locate(facts, runs, lease_grace_s=GRACE)
+    assert located == ["ckpt_b"]
+    assert endpoints_of(facts, located) == {"id_c", "id_d"}
+
+
+def test_reclaim_decisions_carry_the_lease_runs_they_saw() -> None:
+    leases = [lease("r2", released=True).fact, lease(None, released=True, age_s=GRACE + 1).fact]
+    [d] = plan(Facts([ckpt()], {"ckpt_a": leases}, NOW),
+               Evidence({"r2": CANCELLED}, frozenset({"ckpt_a"})), lease_grace_s=GRACE)
+    assert d.action == Action.RECLAIM and d.lease_runs == ("", "r2")
 
 
 def test_many_checkpoints_in_order_and_summary() -> None:
     cks = [ckpt(cid=f"ckpt_{i}") for i in range(5)]
-    leases = {"ckpt_1": [lease("r1")], "ckpt_3": [lease("r3", released=True)]}
+    leases = {"ckpt_1": [lease("r1").fact], "ckpt_3": [lease("r3", released=True).fact]}
     runs = {"r1": RUNNING, "r3": CANCELLED}
-    decisions = plan(Facts(cks, leases, NOW), Evidence(runs, {URL: False}), lease_grace_s=GRACE)
+    evidence = Evidence(runs, frozenset(c.id for c in cks), {"id_ep-a": URL}, {URL: False})
+    decisions = plan(Facts(cks, leases, NOW), evidence, lease_grace_s=GRACE)
     assert [d.checkpoint.id for d in decisions] == [c.id for c in cks]
     assert [d.action for d in decisions] == [Action.RECLAIM, Action.HOLD, Action.RECLAIM,
                                              Action.RECLAIM, Action.RECLAIM]

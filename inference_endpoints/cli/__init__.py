@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from inference_endpoints.cli import checkpoints, endpoints, events, keys, stack
+from inference_endpoints.cli import checkpoints, endpoints, events, keys, metrics, stack
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
 app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
@@ -20,6 +20,7 @@ app.command("list")(endpoints.list_cmd)
 app.command("show")(endpoints.show_cmd)
 app.command("stop")(endpoints.stop_cmd)
 app.command("rm")(endpoints.rm_cmd)
+app.command("metrics")(metrics.metrics_cmd)
 app.command("emit-finetune-completed")(events.emit_finetune_completed_cmd)
 
 __all__ = ["app"]

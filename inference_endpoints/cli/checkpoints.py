@@ -54,6 +54,8 @@ def list_checkpoints_cmd(
     table = Table("id", "name", "kind", "base model", "size", "status", "held by", "created")
     for row, holders in list_with_holders(ctx.registry, ctx.org_id, include_deleted=all_):
         style = CHECKPOINT_STYLE.get(row.status, "white")
+        if row.status in ("reclaiming", "reclaimed"):
+            holders = []  # the bytes are gone or going: a crashed run's open lease holds nothing
         table.add_row(row.id, row.name, row.kind, row.base_model, f"{row.size_bytes:,}",
                       f"[{style}]{row.status}[/]", ", ".join(h.label() for h in holders) or "-",
                       row.created_at.strftime("%Y-%m-%d %H:%M"))
@@ -122,8 +124,8 @@ def gc_cmd(
     try:
         with out.status("Collecting checkpoint garbage…"):
             report = collect_checkpoint_garbage(dry_run=dry_run)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]Prefect is not reachable ({exc}); start the stack with `endpoints up`.[/]")
+    except (httpx.HTTPError, RuntimeError) as exc:  # Prefect raises RuntimeError("Failed to reach API")
+        err.print(f"[red]The collection could not run: {exc}[/]\nIs the stack up? (`endpoints up`)")
         raise typer.Exit(1) from None
     print_gc_report(report)
     if report.get("prefect_error"):
@@ -142,6 +144,8 @@ def print_gc_report(report: dict[str, Any]) -> None:
     out.print(f"{counts['reclaimed']} reclaimed ({report['bytes_freed']:,} bytes freed), "
               f"{counts['would reclaim']} would be reclaimed, {counts['held']} held, "
               f"{counts['skipped']} skipped.")
+    if report.get("deferred"):
+        out.print(f"{report['deferred']} more deleted checkpoints wait for the next collection.")
     if report.get("prefect_error"):
         err.print(f"[bold red]Prefect unreachable, nothing reclaimed:[/] {report['prefect_error']}")
 

@@ -25,10 +25,12 @@ def up_cmd() -> None:
         from deployments.pools import POOLS
 
         apply_all(settings, engine_python_default(), stack.env())
-    with out.status("Starting workers and the gateway…"):
+    with out.status("Starting workers, the gateway and Prometheus…"):
         for pool in POOLS:
             stack.start_worker(pool.name)
         stack.start_gateway()
+        stack.start_metrics()
+        stack.start_console()
     print_status(ctx, stack)
 
 
@@ -46,6 +48,11 @@ def print_status(ctx: Context, stack: object) -> None:
                       "[green]up[/]" if pid_alive(pid) else "[red]down[/]")
     table.add_row("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
                   "[green]up[/]" if stack.gateway_healthy() else "[red]down[/]")
+    table.add_row("console and REST API", f"{stack.console_url}  ·  {stack.console_url}/openapi.json",
+                  "[green]up[/]" if stack.console_healthy() else "[red]down[/]")
+    prom = state.prometheus_url if state else None
+    table.add_row("Prometheus (15d retention)", prom or "-",
+                  "[green]up[/]" if state and pid_alive(state.prometheus_pid) else "[red]down[/]")
     key = cli_key(ctx.settings)
     table.add_row("API key (CLI)", f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else "-", "")
     table.add_row("registry", ctx.settings.db_url, "")

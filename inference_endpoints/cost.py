@@ -1,0 +1,128 @@
+"""What an endpoint has cost, and whether it sits idle. Pure: callers pass the facts and `now`.
+
+An endpoint holds its instance from the moment its serve run starts the engine
+(the first `loading`, or `healthy` if that was skipped) until the endpoint ends
+(`stopped` or `failed`), whether or not it answers requests. Cost is that span
+at the instance's hourly price. Restarts in between do not pause the clock: the
+instance stays reserved.
+
+Idleness is about traffic, not health: a serving endpoint (healthy or unhealthy)
+is idle when no request reached it through the gateway for longer than a threshold.
+The reconcile flow and the console both decide it with `decide_idle`, so the
+flag on the list and the optional auto-stop agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+SERVING_STATUSES = frozenset({"healthy", "unhealthy"})
+ENDED_STATUSES = frozenset({"stopped", "failed"})
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if ts is None:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CostSoFar:
+    started_at: datetime | None  # None: the engine never started, nothing accrued
+    ended_at: datetime | None  # None: still running
+    hours: float
+    price_per_hour: float
+
+    @property
+    def amount(self) -> float:
+        return round(self.hours * self.price_per_hour, 6)
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.ended_at is None
+
+
+def cost_so_far(started_at: datetime | None, ended_at: datetime | None, price_per_hour: float,
+                now: datetime) -> CostSoFar:
+    """GPU time from `started_at` to `ended_at` (or `now`) at `price_per_hour`."""
+    start, end = aware(started_at), aware(ended_at)
+    if start is None:
+        return CostSoFar(None, end, 0.0, price_per_hour)
+    stop = end or now
+    hours = max(0.0, (stop - start).total_seconds() / 3600)
+    return CostSoFar(start, end, hours, price_per_hour)
+
+
+def billing_start(first_serving_event: datetime | None, loading_at: datetime | None,
+                  healthy_at: datetime | None) -> datetime | None:
+    """The serve run's start: the first recorded `loading`/`healthy`, else the columns."""
+    candidates = [t for t in (aware(first_serving_event), aware(loading_at), aware(healthy_at)) if t]
+    return min(candidates) if candidates else None
+
+
+def billing_end(status: str, ended_at: datetime | None, updated_at: datetime | None) -> datetime | None:
+    """When the instance was given back: `ended_at` once stopped or failed, else still running."""
+    if status not in ENDED_STATUSES:
+        return None
+    return aware(ended_at) or aware(updated_at)
+
+
+def org_total(costs: Iterable[CostSoFar]) -> float:
+    return round(sum(c.amount for c in costs), 6)
+
+
+def hourly_burn(costs: Iterable[CostSoFar]) -> float:
+    """What the organization is spending per hour right now (running endpoints only)."""
+    return round(sum(c.price_per_hour for c in costs if c.running), 6)
+
+
+@dataclass(frozen=True)
+class IdleVerdict:
+    idle: bool
+    idle_for: timedelta | None  # since the last request (or since healthy); None if not serving
+    reason: str
+
+
+def decide_idle(*, status: str, healthy_at: datetime | None, last_request_at: datetime | None,
+                in_flight: int, now: datetime, threshold: timedelta) -> IdleVerdict:
+    """Is this endpoint idle? It is when it serves, has nothing in flight, and the last
+    request (or, if none was seen, the moment it became healthy) is older than `threshold`.
+
+    `last_request_at` is None when no request was seen (e.g. the gateway restarted and
+    its counters with it): the endpoint is then measured from `healthy_at`, so a restart
+    of the gateway can delay an idle flag but never raise a false one early.
+    """
+    if status not in SERVING_STATUSES:
+        return IdleVerdict(False, None, f"not serving ({status})")
+    if in_flight > 0:
+        return IdleVerdict(False, timedelta(0), f"{in_flight} request(s) in flight")
+    since = max((t for t in (aware(last_request_at), aware(healthy_at)) if t), default=None)
+    if since is None:
+        return IdleVerdict(False, None, "never healthy yet")
+    idle_for = max(timedelta(0), now - since)
+    what = "last request" if last_request_at is not None and since == aware(last_request_at) else "healthy"
+    if idle_for > threshold:
+        return IdleVerdict(True, idle_for, f"no requests for {_minutes(idle_for)} (since {what})")
+    return IdleVerdict(False, idle_for, f"active within {_minutes(threshold)}")
+
+
+def idle_stop_due(*, idle_stop_minutes: int | None, status: str, healthy_at: datetime | None,
+                  last_request_at: datetime | None, in_flight: int, now: datetime) -> IdleVerdict | None:
+    """The per-endpoint auto-stop decision: a verdict when the endpoint should be stopped now."""
+    if not idle_stop_minutes or idle_stop_minutes <= 0:
+        return None
+    verdict = decide_idle(status=status, healthy_at=healthy_at, last_request_at=last_request_at,
+                          in_flight=in_flight, now=now, threshold=timedelta(minutes=idle_stop_minutes))
+    return verdict if verdict.idle else None
+
+
+def _minutes(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 1:
+        return f"{int(delta.total_seconds())} s"
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes / 60:.1f} h"

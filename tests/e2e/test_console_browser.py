@@ -1,0 +1,261 @@
+"""The console in real headless Chromium against the real stack (Prefect, workers, gateway, vLLM-CPU).
+
+One scenario, as a person would go through it: sign in, register the demo checkpoint,
+try bad inputs in the create form (each error appears inline), create an endpoint,
+watch it become healthy on its page, copy its example requests and run them through
+the gateway, delete its checkpoint while it serves (held), stop it from the list,
+collect garbage (reclaimed), remove it. Screenshots land in test-artifacts/.
+
+Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright's Python package;
+no browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inference_endpoints.stack import PROJECT_DIR, stop_pid
+from tests.e2e.conftest import E2EStack
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = PROJECT_DIR / "test-artifacts"
+NAME = "console-e2e"
+CKPT = "console-demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def console_url(e2e: E2EStack) -> Iterator[str]:
+    """`python -m inference_endpoints.console.server` with the session's environment; stopped by PID."""
+    port = _free_port()
+    env = {**e2e.stack.env(), "IE_CONSOLE_PORT": str(port), "IE_CONSOLE_IDLE_THRESHOLD_MINUTES": "30"}
+    log_path = e2e.settings.log_dir / "console.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inference_endpoints.console.server"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=PROJECT_DIR, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, f"console exited: {log_path.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "console did not answer in 60 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        stop_pid(proc.pid, grace_s=10)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def run_example(code: str, key: str, python: bool = False) -> str:
+    """Run a copied example exactly as a user would, with their key exported."""
+    env = {**os.environ, "IE_API_KEY": key}
+    args = [sys.executable, "-c", code] if python else ["bash", "-c", code]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"example failed ({done.returncode}): {done.stderr}\n{code}"
+    return done.stdout
+
+
+def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) -> None:
+    from playwright.sync_api import Browser, Page, expect
+
+    assert isinstance(browser, Browser)
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=console_url)
+    page: Page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())  # every confirmation: yes
+    expect.set_options(timeout=15_000)
+
+    # ---- sign in ----
+    page.goto(f"{console_url}/endpoints")
+    expect(page).to_have_url(f"{console_url}/signin?next=/endpoints")
+    page.fill("#api_key", "ie_not_a_key")
+    page.click("button[type=submit]")
+    expect(page.locator("p.error")).to_contain_text("not a valid organization API key")
+    page.fill("#api_key", e2e.api_key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{console_url}/endpoints")
+    assert not any(c["name"] == "ie_console" and not c["httpOnly"] for c in context.cookies())
+
+    # ---- register the demo checkpoint under its own name (deleted at the end) ----
+    page.goto(f"{console_url}/checkpoints")
+    page.fill("#r-path", str(e2e.demo.full))
+    page.fill("#r-name", CKPT)
+    page.click("#register button[type=submit]")
+    expect(page.locator(".flash-ok")).to_contain_text(f"Registered {CKPT}")
+    ckpt = e2e.registry.find_checkpoint(e2e.org_id, CKPT)
+    assert ckpt is not None
+
+    # ---- the create form: bad inputs, each error inline before submitting ----
+    page.goto(f"{console_url}/endpoints/new")
+    page.select_option("#f-checkpoint", ckpt.id)
+    page.select_option("#f-instance", "cpu-dev")
+    page.select_option("#f-precision", "float32")
+    page.fill("#f-max-context", "1024")
+    page.fill("#f-name", NAME)
+    ok = page.locator("#check-result")
+    expect(ok).to_have_attribute("data-ok", "true")
+    expect(page.locator("#fit-table")).to_contain_text("largest max context that fits")
+
+    def bad_input(selector: str, value: str, field: str, code: str, good: str) -> None:
+        if selector.startswith("select"):
+            page.select_option(selector.removeprefix("select"), value)
+        else:
+            page.fill(selector, value)
+        expect(page.locator(f"#error-{field} [data-code='{code}']")).to_be_visible()
+        if selector.startswith("select"):
+            page.select_option(selector.removeprefix("select"), good)
+        else:
+            page.fill(selector, good)
+        expect(page.locator(f"#error-{field}")).to_be_empty()
+
+    bad_input("#f-name", "Bad_Name!", "name", "invalid_name", NAME)
+    bad_input("#f-name", "demo-" + "x" * 70, "name", "invalid_name", NAME)
+    bad_input("#f-max-context", "lots", "max_context", "invalid_max_context", "1024")
+    bad_input("#f-max-context", "999999", "max_context", "max_context_too_large", "1024")
+    bad_input("select#f-precision", "float16", "precision", "precision_unsupported", "float32")
+    bad_input("select#f-quantization", "fp8", "quantization", "quantization_unsupported", "none")
+    bad_input("#f-idle", "-3", "idle_stop_minutes", "invalid_idle_stop", "")
+    # Submitting a bad form re-renders it with the errors inline (422), never a stack trace.
+    page.fill("#f-name", "Bad_Name!")
+    page.click("#create-submit")
+    expect(page.locator("#error-name [data-code='invalid_name']")).to_be_visible()
+    assert "Traceback" not in page.content()
+    assert e2e.registry.find_endpoint(e2e.org_id, "Bad_Name!") is None
+
+    # ---- create for real; the detail page follows the phases ----
+    page.fill("#f-name", NAME)
+    page.select_option("#f-checkpoint", ckpt.id)
+    page.select_option("#f-precision", "float32")
+    page.fill("#f-max-context", "1024")
+    expect(ok).to_have_attribute("data-ok", "true")
+    page.click("#create-submit")
+    expect(page).to_have_url(f"{console_url}/endpoints/{NAME}")
+    seen: list[str] = []
+    deadline = time.monotonic() + 360
+    while time.monotonic() < deadline:
+        try:
+            status = page.locator("#status-badge").inner_text(timeout=5_000).strip()
+        except Exception:  # the page reloads itself once the endpoint settles
+            continue
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("healthy", "failed"):
+            break
+        time.sleep(0.5)
+    print(f"[console] phases seen on the detail page: {seen}")
+    assert seen[-1] == "healthy", f"endpoint did not become healthy: {seen}; {e2e.endpoint(NAME).reason_message}"
+    assert len(seen) >= 2 and set(seen[:-1]) <= {"pending", "deploying", "loading"}
+    page.reload()
+    expect(page.locator("#effective [data-field='max_model_len']")).to_have_text("1024")
+    expect(page.locator("#checkpoint-link")).to_have_text(CKPT)
+    backend_key = e2e.endpoint(NAME).backend_api_key
+    assert backend_key and backend_key not in page.content(), "the backend's key never reaches a page"
+    assert e2e.api_key not in page.content()
+
+    # ---- copy the example requests and run them through the gateway ----
+    page.click("#examples details[data-example='curl'] button.copy")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    shown = page.locator("#example-curl").inner_text()
+    assert copied.strip() == shown.strip() and f"{e2e.url(NAME)}/v1/completions" in copied
+    answer = json.loads(run_example(copied, e2e.api_key))
+    assert answer["model"] == NAME and len(answer["choices"]) == 1, answer
+    page.click("#examples details[data-example='python'] summary")
+    page.click("#examples details[data-example='python'] button.copy")
+    python_code = page.evaluate("navigator.clipboard.readText()")
+    assert "completions.create(model='console-e2e'" in python_code
+    run_example(python_code, e2e.api_key, python=True)  # exits 0: the call went through
+    page.reload()  # the screenshot shows the two requests just made
+    expect(page.locator("#effective [data-field='max_model_len']")).to_have_text("1024")
+    page.screenshot(path=str(ARTIFACTS / "console-detail.png"), full_page=True)
+
+    # ---- the list: status, model, URL, request count, cost ----
+    page.goto(f"{console_url}/endpoints")
+    row = page.locator(f"tr[data-endpoint='{NAME}']")
+    expect(row.locator(".badge")).to_have_text("healthy")
+    expect(row).to_contain_text(f"LlamaForCausalLM + {CKPT}")
+    expect(row).to_contain_text(f"{e2e.url(NAME)}/v1")
+    requests_cell = row.locator("td[data-label='Requests']")
+    page.reload()
+    assert int(requests_cell.inner_text()) >= 2, "both example requests are counted by the gateway"
+    page.screenshot(path=str(ARTIFACTS / "console-list.png"), full_page=True)
+    phone = context.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.goto(f"{console_url}/endpoints")
+    phone.screenshot(path=str(ARTIFACTS / "console-list-phone.png"), full_page=True)
+    phone.close()
+
+    # ---- delete the checkpoint while the endpoint serves it: held ----
+    page.goto(f"{console_url}/checkpoints")
+    page.locator(f"tr[data-checkpoint='{CKPT}'] button[data-action='delete']").click()
+    answer_box = page.locator("#delete-answer")
+    expect(answer_box).to_have_attribute("data-bytes", "held")
+    expect(answer_box).to_contain_text(NAME)
+
+    # ---- stop it from the list ----
+    page.goto(f"{console_url}/endpoints")
+    row.locator("button[data-action='stop']").click()
+    expect(row.locator(".badge")).to_have_text("stopped", timeout=120_000)
+
+    # ---- no longer held; the collector reclaims the bytes ----
+    page.goto(f"{console_url}/checkpoints?all=1")
+    ckpt_row = page.locator(f"tr[data-checkpoint='{CKPT}']")
+    expect(ckpt_row).to_have_attribute("data-status", "deleted")
+    expect(ckpt_row.locator(".used-by a")).to_have_count(0)
+    from flows.collect_garbage import collect_checkpoint_garbage
+
+    report = collect_checkpoint_garbage(dry_run=False)
+    print(f"[console] garbage collection: {report['counts']}")
+    page.reload()
+    expect(ckpt_row).to_have_attribute("data-status", "reclaimed")
+    page.screenshot(path=str(ARTIFACTS / "console-checkpoints.png"), full_page=True)
+
+    # ---- remove it: the name is free again ----
+    page.goto(f"{console_url}/endpoints")
+    row.locator("button[data-action='remove']").click()
+    expect(row).to_have_count(0)
+    assert e2e.registry.find_endpoint(e2e.org_id, NAME) is None
+    assert not page_errors, f"JavaScript errors on the pages: {page_errors}"
+    context.close()

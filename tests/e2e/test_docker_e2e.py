@@ -1,0 +1,248 @@
+"""The docker runtime end to end: a real dockerd, the locally built vLLM-CPU image, real Prefect.
+
+The module starts (or reuses) a dockerd whose data root is cached between sessions under
+~/.cache/inference-endpoints/dockerd (override: IE_DOCKER_CACHE), makes sure the engine image
+is there with scripts/build-engine-image.sh (about 5 minutes the first time, about a second
+once built), and points the cpu-dev pool's serve runs at Docker by saving an
+`engine-host/cpu-dev` block override (restored afterwards). It skips only when Docker cannot
+run at all on the machine.
+
+On this machine's vfs storage driver, creating a container copies the 3.6 GB image (~50 s)
+and removing one deletes that copy (~30 s); both are near-instant with overlay2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import psutil
+import pytest
+from openai import OpenAI
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from blocks.settings_blocks import EngineHost
+from inference_endpoints.checkpoints import checkpoint_digest
+from inference_endpoints.health import answers
+from inference_endpoints.runtime.docker import DockerEngine, DockerRuntime
+from inference_endpoints.runtime.dockerd import DockerDaemon, dockerd_installed, start_dockerd
+from inference_endpoints.serving_config import ServingSpec
+from tasks.runs import is_final, run_state
+from tests.e2e.conftest import E2EStack
+from tests.e2e.engine_tools import backend_port, port_open
+
+pytestmark = pytest.mark.e2e
+
+PROJECT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("IE_ENGINE_IMAGE", "inference-endpoints/vllm-cpu:0.32.0")
+DOCKER_CACHE = Path(os.environ.get("IE_DOCKER_CACHE",
+                                   Path.home() / ".cache" / "inference-endpoints" / "dockerd"))
+POOL = "cpu-dev"
+CREATED: list[str] = []  # endpoint ids made here: their containers are removed whatever happens
+STARTUP_S = 600  # container creation on vfs (~50 s) + vLLM-CPU load, on a shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[DockerDaemon]:
+    if not dockerd_installed():
+        pytest.skip("Docker cannot run here: dockerd is not installed "
+                    "(apt-get install docker.io, or run scripts/build-engine-image.sh which does)")
+    try:
+        daemon = start_dockerd(DOCKER_CACHE, DOCKER_CACHE / "logs")
+    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+        pytest.skip(f"Docker cannot run here: {exc}")
+    try:
+        started = time.monotonic()
+        result = subprocess.run([str(PROJECT / "scripts" / "build-engine-image.sh")],
+                                env={**os.environ, "DOCKER_HOST": daemon.url, "IE_ENGINE_IMAGE": IMAGE},
+                                capture_output=True, text=True, check=False, timeout=3600)
+        assert result.returncode == 0, f"image build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        print(f"\n[docker] dockerd at {daemon.url} (started here: {daemon.started}); "
+              f"image {IMAGE} ready in {time.monotonic() - started:.1f} s")
+        yield daemon
+    finally:
+        if daemon.started:
+            daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def docker_pool(e2e: E2EStack, dockerd: DockerDaemon) -> Iterator[DockerRuntime]:
+    """cpu-dev serve runs use the docker runtime; the reconcile schedule is paused meanwhile
+    (the tests run reconcile in-process, so what it decides does not depend on timing)."""
+    default = EngineHost.load("default")
+    assert isinstance(default, EngineHost)
+    try:
+        previous: EngineHost | None = EngineHost.load(POOL)  # type: ignore[assignment]
+    except ValueError:
+        previous = None
+    EngineHost(
+        engine_python=default.engine_python, backend_host=default.backend_host,
+        run_dir=default.run_dir, log_dir=default.log_dir, readonly_mode=default.readonly_mode,
+        runtime="docker", image=IMAGE, docker_host=dockerd.url,
+    ).save(POOL, overwrite=True)
+    with get_client(sync_client=True) as client:
+        reconcile = client.read_deployment_by_name("reconcile-endpoints/default")
+        was_paused = bool(reconcile.paused)
+        client.pause_deployment(reconcile.id)
+    runtime = DockerRuntime(IMAGE, dockerd.url, gpu_count=0)
+    try:
+        yield runtime
+    finally:
+        for endpoint_id in CREATED:
+            for engine in runtime.leftovers(endpoint_id):
+                print(f"[docker] removing container {engine.name} left by a failed test")
+                engine.stop(grace_s=2)
+        with get_client(sync_client=True) as client:
+            if not was_paused:
+                client.resume_deployment(reconcile.id)
+            if previous is not None:
+                previous.save(POOL, overwrite=True)
+            else:
+                try:
+                    doc = client.read_block_document_by_name(POOL, block_type_slug="engine-host")
+                    client.delete_block_document(doc.id)
+                except ObjectNotFound:
+                    pass
+
+
+def diagnosis(e2e: E2EStack, endpoint_id: str) -> str:
+    """The engine's and the worker's last log lines, for a failure message."""
+    logs = e2e.settings.log_dir
+    parts = []
+    for path in [*sorted((logs / "engines").glob(f"{endpoint_id}-*.log")), logs / f"worker-{POOL}.log"]:
+        if path.exists():
+            parts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+    return "\n".join(parts)
+
+
+def only_container(runtime: DockerRuntime, endpoint_id: str) -> DockerEngine:
+    engines = runtime.leftovers(endpoint_id)
+    assert len(engines) == 1, [e.name for e in engines]
+    return engines[0]
+
+
+def engine_processes_on(port: int) -> list[int]:
+    """Host PIDs of vLLM processes serving `port` (a container's processes are visible here)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "vllm" in cmd and f"--port {port}" in cmd:
+            found.append(proc.info["pid"])
+    return found
+
+
+def serve_run_processes(run_id: str) -> list[psutil.Process]:
+    """The serve flow's own processes: the worker starts them with PREFECT__FLOW_RUN_ID."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_docker_endpoint_serves_read_only_and_stops_clean(e2e: E2EStack, docker_pool: DockerRuntime) -> None:
+    e2e.ensure_worker(POOL)
+    ckpt = e2e.registry.find_checkpoint(e2e.org_id, "demo-tiny-llama")
+    assert ckpt is not None
+    started = time.monotonic()
+    ep = e2e.create("docker-demo", startup_timeout_s=STARTUP_S)
+    CREATED.append(ep.id)
+    print(f"[docker] create -> healthy: {time.monotonic() - started:.1f} s")
+    assert ep.status == "healthy", (ep.status, ep.reason_code, ep.reason_message, diagnosis(e2e, ep.id))
+    assert ep.backend_url and ep.backend_api_key and ep.serve_run_id
+    assert e2e.registry.open_lease_count(ep.id) == 1
+
+    engine = only_container(docker_pool, ep.id)
+    assert engine.exit_code() is None
+    assert engine.labels["inference-endpoints.serve-run"] == ep.serve_run_id
+    assert engine.labels["inference-endpoints.org"] == e2e.org_name
+    host_config = engine.container.attrs["HostConfig"]
+    assert host_config["NetworkMode"] == "host"
+    spec = ServingSpec.from_json(ep.serving_config_json)
+    assert spec.model_path == "/models/model"
+    mounts = {m["Destination"]: m for m in engine.container.attrs["Mounts"]}
+    assert mounts["/models/model"]["RW"] is False
+    assert mounts["/models/model"]["Source"] == str(e2e.store.path_of(ckpt.location))
+
+    backend = OpenAI(base_url=f"{ep.backend_url}/v1", api_key=ep.backend_api_key, max_retries=0)
+    assert backend.completions.create(model="docker-demo", prompt="The endpoint", max_tokens=8).choices[0].text
+    stable = OpenAI(base_url=f"{e2e.url('docker-demo')}/v1", api_key=e2e.api_key, max_retries=0)
+    chat = stable.chat.completions.create(model="docker-demo", max_tokens=8,
+                                          messages=[{"role": "user", "content": "hello"}])
+    assert chat.choices[0].message.content is not None
+
+    # The checkpoint is a read-only bind mount: even root inside the container gets EROFS.
+    for command in (f"echo x > {spec.model_path}/config.json", f"touch {spec.model_path}/new-file"):
+        result = engine.container.exec_run(["sh", "-c", command])
+        assert result.exit_code != 0 and b"Read-only file system" in result.output, result
+    assert checkpoint_digest(e2e.store.path_of(ckpt.location)) == ckpt.digest
+
+    port = backend_port(ep.backend_url)
+    assert engine_processes_on(port), "the engine's processes should be visible from the host"
+    stop_started = time.monotonic()
+    assert e2e.stop("docker-demo", timeout_s=120) == "stopped"
+    print(f"[docker] stop (container stopped and removed): {time.monotonic() - stop_started:.1f} s")
+    assert docker_pool.leftovers(ep.id) == [], "no container left"
+    assert engine_processes_on(port) == [], "no engine process left"
+    assert not port_open(port)
+    assert e2e.registry.open_lease_count(ep.id) == 0, "lease not released"
+    assert e2e.stop("docker-demo", remove=True) == "removed"
+
+
+def test_a_killed_serve_run_leaves_a_container_that_reconcile_finds_by_label_and_removes(
+    e2e: E2EStack, docker_pool: DockerRuntime,
+) -> None:
+    from flows.reconcile_endpoints import reconcile_endpoints
+
+    e2e.ensure_worker(POOL)
+    ep = e2e.create("docker-orphan", startup_timeout_s=STARTUP_S)
+    CREATED.append(ep.id)
+    assert ep.status == "healthy", (ep.status, ep.reason_code, ep.reason_message, diagnosis(e2e, ep.id))
+    assert ep.serve_run_id and ep.backend_url
+    engine = only_container(docker_pool, ep.id)
+
+    # SIGKILL the serve flow's process: nothing runs its `finally`, and a container is not a
+    # child process, so the engine keeps serving with no run watching it.
+    serve = serve_run_processes(ep.serve_run_id)
+    assert serve, "the serve run's process should be on this host"
+    for proc in serve:
+        proc.kill()
+    deadline = time.monotonic() + 60
+    while not is_final(run_state(ep.serve_run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"[docker] serve run after SIGKILL: {run_state(ep.serve_run_id)}")
+    assert is_final(run_state(ep.serve_run_id))
+    assert engine.exit_code() is None and answers(ep.backend_url), "the orphan still serves"
+
+    # Found by its labels: the endpoint id names it, the serve-run label says whose it was.
+    [orphan] = docker_pool.leftovers(ep.id)
+    assert orphan.id == engine.id
+    assert orphan.labels["inference-endpoints.serve-run"] == ep.serve_run_id
+    assert orphan.url == ep.backend_url
+
+    # Reconcile (in-process, as its schedule would) stops and removes it. With no restarts
+    # allowed it then fails the endpoint instead of starting a second engine on this machine.
+    started = time.monotonic()
+    rows = reconcile_endpoints(max_restarts=0)
+    print(f"[docker] reconcile: {time.monotonic() - started:.1f} s: {rows}")
+    mine = [r for r in rows if r["endpoint"] == "docker-orphan"]
+    assert mine and "orphan" in mine[0]["done"], rows
+    assert docker_pool.leftovers(ep.id) == [], "the orphan container is removed"
+    assert not answers(ep.backend_url)
+    kinds = [ev.kind for ev in e2e.registry.activity(ep.id)]
+    assert "orphan_stopped" in kinds
+    after = e2e.endpoint("docker-orphan")
+    assert after.status == "failed" and after.reason_code == "restart_limit", (after.status, after.reason_code)
+    assert e2e.registry.open_lease_count(ep.id) == 0
+    assert e2e.stop("docker-orphan", remove=True) == "removed"
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(ep.serve_run_id))
+    assert run.state is not None and run.state.is_final()
