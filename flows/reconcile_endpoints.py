@@ -8,7 +8,7 @@ nothing is decided: restarting on a guess could start a second engine.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from inference_endpoints.runtime import make_runtime
 from inference_endpoints.status import EndpointStatus, ReasonCode
 from tasks.context import load_context, load_engine_host
 from tasks.runs import cancel_run, submit_serve_run
+from tasks.teardown import end_serve_run
 
 
 def read_run_states(run_ids: list[str]) -> dict[str, str]:
@@ -138,6 +139,43 @@ def recover_local_workers() -> list[str]:
     return restarted
 
 
+def stop_idle(registry: Registry, endpoints: list[Endpoint]) -> list[dict[str, str]]:
+    """Per-endpoint idle auto-stop: no requests through the gateway for `idle_stop_minutes`."""
+    from inference_endpoints.cost import idle_stop_due
+    from inference_endpoints.gateway.stats import fetch_traffic
+    from inference_endpoints.settings import Settings
+
+    watched = [ep for ep in endpoints if ep.idle_stop_minutes and ep.status == EndpointStatus.HEALTHY]
+    if not watched:
+        return []
+    traffic = fetch_traffic(Settings())
+    if traffic is None:  # without the gateway's counters, idleness is unknown: stop nothing
+        return []
+    rows = []
+    now = utcnow()
+    for ep in watched:
+        org = registry.get_org(ep.org_id)
+        seen = traffic.get((org.name if org else "", ep.name))
+        last = (datetime.fromtimestamp(seen.last_request_at, UTC)
+                if seen is not None and seen.last_request_at else None)
+        verdict = idle_stop_due(idle_stop_minutes=ep.idle_stop_minutes, status=ep.status,
+                                healthy_at=_aware(ep.healthy_at), last_request_at=last,
+                                in_flight=seen.in_flight if seen else 0, now=now)
+        if verdict is None:
+            continue
+        message = f"idle auto-stop: {verdict.reason}"
+        registry.transition(ep.id, EndpointStatus.STOPPING, reason=ReasonCode.IDLE_TIMEOUT,
+                            message=message, expected_run=ep.serve_run_id)
+        end_serve_run(registry, ep.id, final=EndpointStatus.STOPPED, reason=ReasonCode.IDLE_TIMEOUT,
+                      message=message)
+        rows.append({"endpoint": ep.name, "decision": "idle_stop", "why": message, "done": "stopped"})
+    return rows
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return ts if ts is None or ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
 @flow(name="reconcile-endpoints")
 def reconcile_endpoints(
     max_restarts: int = Field(default=3, description="Restarts allowed within the window"),
@@ -170,6 +208,7 @@ def reconcile_endpoints(
         logger.info("%s: %s → %s", facts.name, decision.message, ", ".join(done) or "waiting")
         rows.append({"endpoint": facts.name, "decision": ", ".join(a.value for a in decision.actions),
                      "why": decision.message, "done": "; ".join(done)})
+    rows += stop_idle(registry, registry.active_endpoints())
     if rows:
         create_table_artifact(key="reconcile-last", table=rows, description="Last reconcile decisions")
     return rows

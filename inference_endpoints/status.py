@@ -72,6 +72,7 @@ class ReasonCode(StrEnum):
     CHECKPOINT_UNAVAILABLE = "checkpoint_unavailable"
     HEALTH_CHECK_FAILED = "health_check_failed"
     RESTART_LIMIT = "restart_limit"
+    IDLE_TIMEOUT = "idle_timeout"
 
 
 REASON_HINTS: dict[ReasonCode, str] = {
@@ -94,6 +95,7 @@ REASON_HINTS: dict[ReasonCode, str] = {
     ReasonCode.HEALTH_CHECK_FAILED: (
         "The engine stopped answering /health; it is restarted if it does not recover."
     ),
+    ReasonCode.IDLE_TIMEOUT: "Stopped after receiving no requests; create it again when needed.",
     ReasonCode.RESTART_LIMIT: (
         "The endpoint kept crashing; read the engine log (`endpoints show`) and create it again."
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -133,9 +134,23 @@ def test_metrics_by_status_class_and_prometheus_text() -> None:
     assert value("ie_gateway_request_duration_seconds_bucket", **ep, status_class="2xx",
                  le="+Inf") == 3
     assert value("ie_gateway_in_flight_requests", **ep) == 2
-    assert metrics.stats() == {"endpoints": [{"org": "acme", "endpoint": "demo", "in_flight": 2,
-                                              "requests": 6, "errors": 3,
-                                              "client_disconnects": 0}]}
+    (row,) = metrics.stats()["endpoints"]
+    last = row.pop("last_request_at")
+    assert row == {"org": "acme", "endpoint": "demo", "in_flight": 2, "requests": 6, "errors": 3,
+                   "client_disconnects": 0}
+    assert isinstance(last, float) and abs(last - time.time()) < 60
+
+
+def test_every_status_class_starts_at_zero() -> None:
+    """A first error must be an increase Prometheus can rate, not a series appearing at 1."""
+    metrics = GatewayMetrics()
+    metrics.observe("acme", "fresh", 200, 0.01)
+    samples = {(s.name, s.labels.get("status_class")): s.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for s in family.samples if s.labels.get("endpoint") == "fresh"}
+    assert samples[("ie_gateway_requests_total", "5xx")] == 0
+    assert samples[("ie_gateway_request_errors_total", "5xx")] == 0
+    assert samples[("ie_gateway_requests_total", "2xx")] == 1
 
 
 def add_endpoint(registry: Registry, org_id: str, name: str, status: str = "healthy",

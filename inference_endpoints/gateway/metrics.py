@@ -9,6 +9,7 @@ when someone asks.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class Series:
 class EndpointCounters:
     in_flight: int = 0
     disconnects: int = 0
+    last_request_at: float | None = None  # epoch seconds; drives the idle flag and auto-stop
 
 
 class GatewayMetrics:
@@ -68,7 +70,12 @@ class GatewayMetrics:
         key = (org, endpoint, status_class(status))
         series = self.series.get(key)
         if series is None:
-            series = self.series[key] = Series()
+            # Start every class at 0 the first time an endpoint is seen, so a later first
+            # error is an increase Prometheus can rate rather than a series appearing at 1.
+            for klass in ("2xx", "4xx", "5xx"):
+                self.series.setdefault((org, endpoint, klass), Series())
+            series = self.series.get(key) or self.series.setdefault(key, Series())
+        self.counters(org, endpoint).last_request_at = time.time()
         series.requests += 1
         if error or status >= 500:
             series.errors += 1
@@ -122,7 +129,8 @@ class GatewayMetrics:
              "in_flight": self.endpoints.get((org, endpoint), empty).in_flight,
              "requests": totals.get((org, endpoint), [0, 0])[0],
              "errors": totals.get((org, endpoint), [0, 0])[1],
-             "client_disconnects": self.endpoints.get((org, endpoint), empty).disconnects}
+             "client_disconnects": self.endpoints.get((org, endpoint), empty).disconnects,
+             "last_request_at": self.endpoints.get((org, endpoint), empty).last_request_at}
             for org, endpoint in keys
         ]}
 

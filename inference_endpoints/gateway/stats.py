@@ -21,6 +21,7 @@ class EndpointTraffic:
     requests: int
     errors: int
     client_disconnects: int
+    last_request_at: float | None = None  # epoch seconds, None if none since the gateway started
 
 
 def gateway_url(settings: Settings) -> str:
@@ -42,4 +43,4 @@ def fetch_traffic(settings: Settings, timeout_s: float = 0.5
         return None
     return {(row["org"], row["endpoint"]): EndpointTraffic(
         int(row["in_flight"]), int(row["requests"]), int(row["errors"]),
-        int(row["client_disconnects"])) for row in rows}
+        int(row["client_disconnects"]), row.get("last_request_at")) for row in rows}
