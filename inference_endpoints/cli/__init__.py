@@ -21,6 +21,7 @@ app.command("show")(endpoints.show_cmd)
 app.command("stop")(endpoints.stop_cmd)
 app.command("rm")(endpoints.rm_cmd)
 app.command("metrics")(metrics.metrics_cmd)
+app.command("gc")(checkpoints.gc_cmd)
 app.command("emit-finetune-completed")(events.emit_finetune_completed_cmd)
 
 __all__ = ["app"]
