@@ -124,8 +124,9 @@ def apply(registry: Registry, endpoint: Endpoint, decision: Decision) -> list[st
 
 def recover_local_workers() -> list[str]:
     """On a local stack, a worker that died is started again (its pid is in the stack file)."""
+    from inference_endpoints.processes import alive
     from inference_endpoints.settings import Settings
-    from inference_endpoints.stack import LocalStack, pid_alive
+    from inference_endpoints.stack import LocalStack
 
     stack = LocalStack(Settings())
     state = stack.read_state()
@@ -133,7 +134,7 @@ def recover_local_workers() -> list[str]:
         return []
     restarted = []
     for pool, pid in list(state.workers.items()):
-        if not pid_alive(pid):
+        if not alive(pid):
             new_pid = stack.start_worker(pool)
             restarted.append(f"worker for pool {pool} was gone (pid {pid}); restarted as pid {new_pid}")
     return restarted

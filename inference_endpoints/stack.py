@@ -7,19 +7,16 @@ group), never by name.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 
+from inference_endpoints.processes import alive, spawn, stop_group
 from inference_endpoints.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -65,39 +62,6 @@ class StackState:
                             self.prometheus_pid, self.console_pid, *self.workers.values()) if p]
 
 
-def pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return False
-    return proc.status() != psutil.STATUS_ZOMBIE
-
-
-def stop_pid(pid: int | None, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group led by `pid`, SIGKILL it after `grace_s`."""
-    if not pid_alive(pid):
-        return
-    assert pid is not None
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                _reap(pid)
-                return
-            time.sleep(0.1)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 class LocalStack:
     def __init__(self, settings: Settings, *, worker_env: dict[str, str] | None = None):
         self.settings = settings
@@ -141,15 +105,7 @@ class LocalStack:
         self.state_path.write_text(state.to_json())
 
     def _spawn(self, args: list[str], log_name: str) -> int:
-        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.settings.log_dir / log_name).open("ab")
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=self.env(),
-                                    cwd=PROJECT_DIR, start_new_session=True)
-        finally:
-            log.close()
-        return proc.pid
+        return spawn(args, self.settings.log_dir / log_name, self.env(), cwd=PROJECT_DIR)
 
     # ---- Prefect server -------------------------------------------------------------------
 
@@ -161,7 +117,7 @@ class LocalStack:
 
     def start_prefect(self, timeout_s: float = 90) -> int | None:
         state = self.read_state()
-        if state and pid_alive(state.prefect_pid) and self.prefect_healthy():
+        if state and alive(state.prefect_pid) and self.prefect_healthy():
             return state.prefect_pid
         (self.settings.data_dir / "prefect").mkdir(parents=True, exist_ok=True)
         pid = self._spawn([sys.executable, "-m", "prefect", "server", "start",
@@ -172,7 +128,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if self.prefect_healthy():
                 return pid
-            if not pid_alive(pid):
+            if not alive(pid):
                 raise RuntimeError(
                     f"Prefect server exited; see {self.settings.log_dir / 'prefect-server.log'}")
             time.sleep(0.5)
@@ -182,7 +138,7 @@ class LocalStack:
 
     def start_worker(self, pool: str) -> int:
         state = self.read_state() or StackState(self.prefect_url)
-        if pid_alive(state.workers.get(pool)):
+        if alive(state.workers.get(pool)):
             return state.workers[pool]
         pid = self._spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
                            "--type", "process", "--name", f"{pool}-{os.uname().nodename}"],
@@ -195,7 +151,7 @@ class LocalStack:
         state = self.read_state()
         if state is None:
             return
-        stop_pid(state.workers.pop(pool, None))
+        stop_group(state.workers.pop(pool, None))
         self.write_state(state)
 
     # ---- gateway ------------------------------------------------------------------------
@@ -212,7 +168,7 @@ class LocalStack:
 
     def start_gateway(self, timeout_s: float = 30) -> int:
         state = self.read_state() or StackState(self.prefect_url)
-        if pid_alive(state.gateway_pid) and self.gateway_healthy():
+        if alive(state.gateway_pid) and self.gateway_healthy():
             assert state.gateway_pid is not None
             return state.gateway_pid
         pid = self._spawn([sys.executable, "-m", "inference_endpoints.gateway.server"],
@@ -223,7 +179,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if self.gateway_healthy():
                 return pid
-            if not pid_alive(pid):
+            if not alive(pid):
                 raise RuntimeError(f"gateway exited; see {self.settings.log_dir / 'gateway.log'}")
             time.sleep(0.2)
         raise TimeoutError(f"gateway not answering after {timeout_s:.0f} s")
@@ -243,7 +199,7 @@ class LocalStack:
 
     def start_console(self, timeout_s: float = 60) -> int:
         state = self.read_state() or StackState(self.prefect_url)
-        if pid_alive(state.console_pid) and self.console_healthy():
+        if alive(state.console_pid) and self.console_healthy():
             assert state.console_pid is not None
             return state.console_pid
         pid = self._spawn([sys.executable, "-m", "inference_endpoints.console.server"], "console.log")
@@ -253,7 +209,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if self.console_healthy():
                 return pid
-            if not pid_alive(pid):
+            if not alive(pid):
                 raise RuntimeError(f"console exited; see {self.settings.log_dir / 'console.log'}")
             time.sleep(0.3)
         raise TimeoutError(f"console not answering after {timeout_s:.0f} s")
@@ -267,10 +223,10 @@ class LocalStack:
 
         state = self.read_state() or StackState(self.prefect_url)
         sd_url = None
-        if not pid_alive(state.discovery_pid):
+        if not alive(state.discovery_pid):
             state.discovery_pid, sd_url = start_discovery(self.settings, env=self.env())
             self.write_state(state)
-        if not pid_alive(state.prometheus_pid):
+        if not alive(state.prometheus_pid):
             from inference_endpoints.metrics.config import MetricsConfig
 
             state.prometheus_pid, state.prometheus_url = start_prometheus(
@@ -284,10 +240,10 @@ class LocalStack:
         if state is None:
             return
         for pool in list(state.workers):
-            stop_pid(state.workers.pop(pool))
+            stop_group(state.workers.pop(pool))
         for attr in ("console_pid", "gateway_pid", "prometheus_pid", "discovery_pid"):
-            stop_pid(getattr(state, attr))
+            stop_group(getattr(state, attr))
             setattr(state, attr, None)
-        stop_pid(state.prefect_pid)
+        stop_group(state.prefect_pid)
         state.prefect_pid = None
         self.write_state(state)

@@ -35,7 +35,8 @@ def up_cmd() -> None:
 
 
 def print_status(ctx: Context, stack: object) -> None:
-    from inference_endpoints.stack import LocalStack, pid_alive
+    from inference_endpoints.processes import alive
+    from inference_endpoints.stack import LocalStack
 
     assert isinstance(stack, LocalStack)
     state = stack.read_state()
@@ -45,14 +46,14 @@ def print_status(ctx: Context, stack: object) -> None:
                   "[green]up[/]" if prefect_ok else "[red]down[/]")
     for pool, pid in (state.workers if state else {}).items():
         table.add_row(f"worker ({pool})", f"pid {pid}",
-                      "[green]up[/]" if pid_alive(pid) else "[red]down[/]")
+                      "[green]up[/]" if alive(pid) else "[red]down[/]")
     table.add_row("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
                   "[green]up[/]" if stack.gateway_healthy() else "[red]down[/]")
     table.add_row("console and REST API", f"{stack.console_url}  ·  {stack.console_url}/openapi.json",
                   "[green]up[/]" if stack.console_healthy() else "[red]down[/]")
     prom = state.prometheus_url if state else None
     table.add_row("Prometheus (15d retention)", prom or "-",
-                  "[green]up[/]" if state and pid_alive(state.prometheus_pid) else "[red]down[/]")
+                  "[green]up[/]" if state and alive(state.prometheus_pid) else "[red]down[/]")
     key = cli_key(ctx.settings)
     table.add_row("API key (CLI)", f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else "-", "")
     table.add_row("registry", ctx.settings.db_url, "")

@@ -19,9 +19,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
 
 from inference_endpoints.metrics.config import MetricsConfig
-from inference_endpoints.metrics.procs import spawn, stop_group, wait_until
 from inference_endpoints.metrics.prometheus import host_port
 from inference_endpoints.models import Endpoint
+from inference_endpoints.processes import spawn, stop_group, wait_until
 from inference_endpoints.registry import Registry
 from inference_endpoints.settings import Settings
 from inference_endpoints.status import EndpointStatus

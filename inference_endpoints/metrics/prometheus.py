@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from inference_endpoints.metrics.config import MetricsConfig
-from inference_endpoints.metrics.procs import spawn, stop_group, wait_until
+from inference_endpoints.processes import spawn, stop_group, wait_until
 from inference_endpoints.settings import Settings
 
 SD_JOB = "endpoints"  # targets carry their own job label: "vllm" or "accelerator"

@@ -20,9 +20,10 @@ import pytest
 from inference_endpoints.demo import DemoCheckpoints, default_demo_dir, make_demo
 from inference_endpoints.models import Endpoint
 from inference_endpoints.operations import register_checkpoint
+from inference_endpoints.processes import stop_group
 from inference_endpoints.registry import Registry
 from inference_endpoints.settings import Settings
-from inference_endpoints.stack import LocalStack, engine_python_default, stop_pid
+from inference_endpoints.stack import LocalStack, engine_python_default
 from inference_endpoints.store import LocalCheckpointStore
 from tests.session_env import SESSION
 
@@ -147,7 +148,7 @@ def _teardown(stack: LocalStack, registry: Registry, org_id: str, settings: Sett
                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     leftovers = engine_processes(settings.data_dir)
     for pid in survivors:  # report below, but never leave them running
-        stop_pid(pid)
+        stop_group(pid)
     for proc in leftovers:
         proc.kill()
     if not os.environ.get("IE_KEEP_TEST_DATA"):

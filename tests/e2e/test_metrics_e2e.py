@@ -31,10 +31,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from inference_endpoints.metrics.config import MetricsConfig
 from inference_endpoints.metrics.discovery import start_discovery, stop_discovery
 from inference_endpoints.metrics.exporter import Exporter, start_exporter
-from inference_endpoints.metrics.procs import alive, spawn, stop_group, wait_until
 from inference_endpoints.metrics.prometheus import start_prometheus, stop_prometheus
 from inference_endpoints.metrics.series import MetricsReport, endpoint_series
 from inference_endpoints.models import Checkpoint, Endpoint, utcnow
+from inference_endpoints.processes import alive, spawn, stop_group, wait_until
 from inference_endpoints.runtime.base import EngineLabels
 from inference_endpoints.status import EndpointStatus
 from tests.e2e.conftest import E2EStack

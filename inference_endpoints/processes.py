@@ -1,4 +1,4 @@
-"""Start a helper server in its own session with output to a log file; stop it by PID.
+"""Long-running helper processes: started in their own session with output to a log file, stopped by PID.
 
 Same rules as the rest of the local stack: never by name, SIGTERM to the process
 group first, SIGKILL after a grace period.
