@@ -535,11 +535,13 @@ class Registry:
 
     def release_run_leases(self, run_id: str) -> int:
         """Release the leases one serve run held, once that run is confirmed ended."""
+        return self._release(col(CheckpointLease.flow_run_id) == run_id)
+
+    def _release(self, which: Any) -> int:
         with self.session() as s:
             result = s.execute(
                 update(CheckpointLease)
-                .where(col(CheckpointLease.flow_run_id) == run_id,
-                       col(CheckpointLease.released_at).is_(None))
+                .where(which, col(CheckpointLease.released_at).is_(None))
                 .values(released_at=utcnow())
             )
             return int(result.rowcount)
@@ -552,14 +554,7 @@ class Registry:
 
     def release_leases(self, endpoint_id: str) -> int:
         """Called only once the endpoint's serve run is confirmed ended."""
-        with self.session() as s:
-            result = s.execute(
-                update(CheckpointLease)
-                .where(col(CheckpointLease.endpoint_id) == endpoint_id,
-                       col(CheckpointLease.released_at).is_(None))
-                .values(released_at=utcnow())
-            )
-            return int(result.rowcount)
+        return self._release(col(CheckpointLease.endpoint_id) == endpoint_id)
 
     def open_lease_count(self, endpoint_id: str | None = None) -> int:
         with self.session() as s:
