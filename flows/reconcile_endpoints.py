@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import Field
 
+from inference_endpoints.checkpoint_lifecycle import transfer_leases
 from inference_endpoints.health import answers
 from inference_endpoints.models import Endpoint, utcnow
 from inference_endpoints.reconcile import Action, Decision, EndpointFacts, RestartPolicy, decide
@@ -72,12 +73,22 @@ def stop_orphans(registry: Registry, endpoint: Endpoint) -> int:
 
 
 def restart(registry: Registry, endpoint: Endpoint, message: str) -> str | None:
-    """Bring up a new generation of the serve run; returns its run id."""
+    """Bring up a new generation of the serve run; returns its run id.
+
+    The new run takes over the leases first, under the same row lock the collector uses:
+    once a deleted checkpoint is being reclaimed, nothing may start reading it again.
+    """
     org = registry.get_org(endpoint.org_id)
     org_name = org.name if org else endpoint.org_id
     pool = registry.instances()[endpoint.instance].work_pool
     generation = endpoint.generation + 1
     new_run = submit_serve_run(endpoint.id, org_name, endpoint.name, pool, generation, "restart")
+    if not transfer_leases(registry, endpoint.id, new_run):
+        cancel_run(new_run, "checkpoint is being reclaimed")
+        registry.transition(endpoint.id, EndpointStatus.FAILED, reason=ReasonCode.CHECKPOINT_UNAVAILABLE,
+                            message="cannot restart: its checkpoint was deleted and is being reclaimed",
+                            expected_run=endpoint.serve_run_id)
+        return None
     moved = registry.transition(
         endpoint.id, EndpointStatus.DEPLOYING, expected_run=endpoint.serve_run_id,
         fields={"serve_run_id": new_run, "generation": generation, "backend_url": None},
@@ -90,7 +101,6 @@ def restart(registry: Registry, endpoint: Endpoint, message: str) -> str | None:
         if current is None or current.serve_run_id != new_run:
             cancel_run(new_run, "restart superseded")
         return None
-    registry.move_leases_to_run(endpoint.id, new_run)
     registry.record_activity(endpoint.id, "restart", message)
     return new_run
 

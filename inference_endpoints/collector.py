@@ -1,9 +1,13 @@
-"""One garbage collection: load facts → ask the witnesses → plan (pure) → execute.
+"""One garbage collection: candidates → their leases → run states → backend addresses → probes
+→ plan (pure) → execute.
 
-The two witnesses are injected: `RunStateSource` (Prefect, in production) and
-`BackendProbe` (HTTP probes). The whole collection is a generator that yields
-after every step, so tests can interleave it with creates, deletes and stops, or
-kill it between any two steps; `collect` simply runs it to the end.
+Each read covers what an earlier one could have missed (the order is argued in
+`gc.py`), and marking a checkpoint `reclaiming` re-reads its leases under the row
+lock, backing off if a restart moved them meanwhile. The two witnesses are
+injected: `RunStateSource` (Prefect, in production) and `BackendProbe` (HTTP
+probes). The whole collection is a generator that yields after every step, so
+tests can interleave it with creates, deletes, stops and restarts, or kill it
+between any two steps; `collect` simply runs it to the end.
 
 Crash safety: `reclaiming` is written before bytes are deleted and `reclaimed`
 after; a collection cut short is finished by the next one (deleting is

@@ -496,25 +496,6 @@ class Registry:
                 .values(flow_run_id=flow_run_id)
             )
 
-    def move_leases_to_run(self, endpoint_id: str, run_id: str) -> None:
-        """A restart's new run takes over the endpoint's leases, in one transaction.
-
-        The checkpoint may have been deleted meanwhile: the endpoint keeps serving it,
-        and the collector keeps its bytes because a lease is open at every moment.
-        """
-        with self.session() as s:
-            open_leases = list(s.exec(select(CheckpointLease).where(
-                CheckpointLease.endpoint_id == endpoint_id,
-                col(CheckpointLease.released_at).is_(None))))
-            now = utcnow()
-            for lease in open_leases:
-                if lease.flow_run_id == run_id:
-                    continue
-                s.add(CheckpointLease(checkpoint_id=lease.checkpoint_id, endpoint_id=endpoint_id,
-                                      endpoint_name=lease.endpoint_name, flow_run_id=run_id))
-                lease.released_at = now
-                s.add(lease)
-
     def lease_for_candidate(self, endpoint_id: str, endpoint_name: str,
                             checkpoints: list[CheckpointView], run_id: str) -> None:
         """Lease the replacement's checkpoint(s) for its own run; they must be available."""

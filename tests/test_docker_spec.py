@@ -155,6 +155,7 @@ def test_engine_command_network_env_and_shared_memory(monkeypatch: pytest.Monkey
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert body["HostConfig"]["NetworkMode"] == "host"
     assert body["HostConfig"]["ShmSize"] == 4 * 1024**3
+    assert body["HostConfig"]["AutoRemove"] is True  # the daemon removes it once stopped
     env = dict(item.split("=", 1) for item in body["Env"])
     assert env["VLLM_API_KEY"] == "be_secret"
     assert env["HF_HUB_OFFLINE"] == "1"

@@ -423,7 +423,8 @@ def test_random_interleavings(registry: Registry, tmp_path: Path) -> None:
           f"({time.process_time() - cpu:.1f} s CPU in this process): "
           f"{reclaimed} checkpoints reclaimed, {held} holds, {killed} collectors killed, "
           f"{restarts} restarts, {backed_off} reclaims backed off as leases moved")
-    assert reclaimed and held and killed and restarts  # the schedules really exercised them
+    if SCHEDULES >= 500:  # the schedules really exercised them (a quick run may not)
+        assert reclaimed and held and killed and restarts
 
 
 # ---- real threads: create-with-lease against delete against collectors ------------------------

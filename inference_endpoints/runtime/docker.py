@@ -13,8 +13,14 @@ How the container is built (`container_spec`, pure and unit-tested against docke
   vLLM's worker processes (Docker's 64 MB default is too small), and labels naming the org,
   endpoint and serve run so a container left behind by a dead serve run is found again.
 
+Containers are created with auto-removal: stopping one (`docker stop -t grace`) returns once the
+engine has stopped, and the daemon removes it even if the serve flow is gone by then (on the vfs
+storage driver removal deletes a copy of the image and takes ~30 s; a serve flow waiting for it
+would outlive its worker's kill grace). Exit code and log lines are captured before removal: a
+thread waits for the exit, another copies the output to the engine's log file.
+
 A container is not a child of the serve flow: if the flow's process is SIGKILLed the container
-keeps serving. `DockerRuntime.leftovers` finds it by label; stopping the handle removes it.
+keeps serving. `DockerRuntime.leftovers` finds it by label; stopping the handle ends it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ SHM_GIB_PER_DEVICE = 2
 # when the disk is busy. Near-instant on overlay2.
 API_TIMEOUT_S = 600
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_ENDED = ("exited", "dead", "removing")
 
 
 def shm_size_for(gpu_count: int) -> str:
@@ -91,6 +98,9 @@ def container_spec(
         "network_mode": "host",
         "shm_size": shm_size_for(gpu_count),
         "device_requests": device_requests,
+        # The daemon removes the container once it has stopped, even if the serve flow is gone
+        # by then (removal copies nothing but can take ~30 s on vfs).
+        "auto_remove": True,
         "detach": True,
     }
 
@@ -111,6 +121,7 @@ class DockerEngine:
         self.port = port
         self.log_path = log_path
         self._last_exit: int | None = None
+        self._exited = threading.Event()
 
     @classmethod
     def from_container(cls, container: Any) -> DockerEngine:
@@ -137,18 +148,28 @@ class DockerEngine:
     def exit_code(self) -> int | None:
         try:
             self.container.reload()
-        except NotFound:  # removed behind our back: it is certainly not running
+        except NotFound:  # auto-removed (or removed behind our back): not running
+            self._exited.wait(timeout=2)
             return self._last_exit if self._last_exit is not None else 137
         state = self.container.attrs.get("State") or {}
-        if state.get("Status") in ("exited", "dead"):
+        if state.get("Status") in _ENDED:
             self._last_exit = int(state.get("ExitCode", 1))
             return self._last_exit
         return None
 
+    def watch_exit(self, stream_source: Any) -> None:
+        """Record the exit code when the container stops, before auto-removal erases it."""
+        def wait() -> None:
+            with contextlib.suppress(DockerException, requests.RequestException):
+                self._last_exit = int(stream_source.wait(condition="not-running")["StatusCode"])
+            self._exited.set()
+
+        threading.Thread(target=wait, name=f"exit-{self.name}", daemon=True).start()
+
     def tail(self, lines: int = 20) -> list[str]:
         try:
             raw = self.container.logs(stdout=True, stderr=True, tail=lines)
-        except NotFound:
+        except (NotFound, APIError):  # auto-removed, or being removed: the copy on disk has it all
             return self._file_tail(lines)
         return raw.decode(errors="replace").splitlines()[-lines:]
 
@@ -180,17 +201,29 @@ class DockerEngine:
                 out.flush()
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """`docker stop -t grace` (SIGTERM, SIGKILL after grace), kill if still up, then remove."""
+        """`docker stop -t grace` (SIGTERM, SIGKILL after grace); the daemon then removes it.
+
+        Returns once the engine has stopped serving. A container that never started, or one
+        created without auto-removal, is removed here.
+        """
         try:
-            self.container.stop(timeout=max(0, round(grace_s)))
+            self.container.reload()
         except NotFound:
             return
-        except (APIError, requests.RequestException):
-            with contextlib.suppress(NotFound, APIError):
-                self.container.kill()
-        with contextlib.suppress(NotFound):
+        status = (self.container.attrs.get("State") or {}).get("Status")
+        if status not in _ENDED and status != "created":
+            try:
+                self.container.stop(timeout=max(0, round(grace_s)))
+            except NotFound:
+                return
+            except (APIError, requests.RequestException):
+                with contextlib.suppress(NotFound, APIError):
+                    self.container.kill()
             self.exit_code()
-            self.container.remove(force=True)
+        auto_remove = bool((self.container.attrs.get("HostConfig") or {}).get("AutoRemove"))
+        if status in ("created", "dead") or not auto_remove:
+            with contextlib.suppress(NotFound, APIError):  # 409: removal already in progress
+                self.container.remove(force=True)
 
 
 class DockerRuntime:
@@ -265,7 +298,9 @@ class DockerRuntime:
             self._remove(name)
             raise
         engine = DockerEngine(container, host, port, log_path)
-        engine.follow_logs(self._connect(None).containers.get(container.id))
+        watched = self._connect(None).containers.get(container.id)  # no read timeout: waits long
+        engine.watch_exit(watched)
+        engine.follow_logs(watched)
         return engine
 
     def _remove(self, name: str) -> None:
@@ -273,7 +308,8 @@ class DockerRuntime:
             self.client.containers.get(name).remove(force=True)
 
     def leftovers(self, endpoint_id: str) -> list[DockerEngine]:
-        """Every container of this endpoint, running or exited (`exit_code()` tells which)."""
+        """This endpoint's containers, running or stopped (`exit_code()` tells which), except
+        those the daemon is already removing."""
         containers = self.client.containers.list(
             all=True, filters={"label": f"{ENDPOINT_LABEL}={endpoint_id}"})
-        return [DockerEngine.from_container(c) for c in containers]
+        return [DockerEngine.from_container(c) for c in containers if c.status != "removing"]

@@ -29,7 +29,7 @@ from prefect.exceptions import ObjectNotFound
 from blocks.settings_blocks import EngineHost
 from inference_endpoints.checkpoints import checkpoint_digest
 from inference_endpoints.health import answers
-from inference_endpoints.runtime.docker import DockerEngine, DockerRuntime
+from inference_endpoints.runtime.docker import ENDPOINT_LABEL, DockerEngine, DockerRuntime
 from inference_endpoints.runtime.dockerd import DockerDaemon, dockerd_installed, start_dockerd
 from inference_endpoints.serving_config import ServingSpec
 from tasks.runs import is_final, run_state
@@ -120,6 +120,16 @@ def diagnosis(e2e: E2EStack, endpoint_id: str) -> str:
     return "\n".join(parts)
 
 
+def wait_container_gone(runtime: DockerRuntime, endpoint_id: str, timeout_s: float = 180) -> float:
+    """Until the daemon has removed every container of the endpoint (vfs removal takes ~30 s)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not runtime.client.containers.list(all=True, filters={"label": f"{ENDPOINT_LABEL}={endpoint_id}"}):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"containers of {endpoint_id} still there after {timeout_s:.0f} s")
+
+
 def only_container(runtime: DockerRuntime, endpoint_id: str) -> DockerEngine:
     engines = runtime.leftovers(endpoint_id)
     assert len(engines) == 1, [e.name for e in engines]
@@ -189,8 +199,9 @@ def test_docker_endpoint_serves_read_only_and_stops_clean(e2e: E2EStack, docker_
     assert engine_processes_on(port), "the engine's processes should be visible from the host"
     stop_started = time.monotonic()
     assert e2e.stop("docker-demo", timeout_s=120) == "stopped"
-    print(f"[docker] stop (container stopped and removed): {time.monotonic() - stop_started:.1f} s")
+    print(f"[docker] stop: {time.monotonic() - stop_started:.1f} s")
     assert docker_pool.leftovers(ep.id) == [], "no container left"
+    print(f"[docker] daemon removed the stopped container {wait_container_gone(docker_pool, ep.id):.1f} s later")
     assert engine_processes_on(port) == [], "no engine process left"
     assert not port_open(port)
     assert e2e.registry.open_lease_count(ep.id) == 0, "lease not released"
@@ -235,7 +246,8 @@ def test_a_killed_serve_run_leaves_a_container_that_reconcile_finds_by_label_and
     print(f"[docker] reconcile: {time.monotonic() - started:.1f} s: {rows}")
     mine = [r for r in rows if r["endpoint"] == "docker-orphan"]
     assert mine and "orphan" in mine[0]["done"], rows
-    assert docker_pool.leftovers(ep.id) == [], "the orphan container is removed"
+    assert docker_pool.leftovers(ep.id) == [], "the orphan container is stopped and going"
+    print(f"[docker] orphan removed {wait_container_gone(docker_pool, ep.id):.1f} s after reconcile")
     assert not answers(ep.backend_url)
     kinds = [ev.kind for ev in e2e.registry.activity(ep.id)]
     assert "orphan_stopped" in kinds

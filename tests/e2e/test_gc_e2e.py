@@ -9,6 +9,7 @@ where it did the work.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from prefect.deployments import run_deployment
 from flows.collect_garbage import collect_checkpoint_garbage
 from inference_endpoints.checkpoint_lifecycle import delete_checkpoint, list_with_holders
 from inference_endpoints.errors import RequestInvalid
+from inference_endpoints.models import Checkpoint
 from inference_endpoints.operations import plan_create, register_checkpoint
 from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.validation import CreateRequest
@@ -31,6 +33,17 @@ ENDPOINT = "gc-demo-ep"
 
 def row_for(report: dict[str, Any], checkpoint_id: str) -> dict[str, str] | None:
     return next((r for r in report["rows"] if r["id"] == checkpoint_id), None)
+
+
+def wait_reclaimed(e2e: E2EStack, checkpoint_id: str, timeout_s: float = 30) -> Checkpoint:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = e2e.registry.find_checkpoint(e2e.org_id, checkpoint_id)
+        assert row is not None
+        if row.status == "reclaimed" or time.monotonic() > deadline:
+            assert row.status == "reclaimed", row.status
+            return row
+        time.sleep(0.5)
 
 
 def complete(e2e: E2EStack) -> str:
@@ -72,11 +85,14 @@ def test_deleted_checkpoint_is_kept_while_served_and_reclaimed_after_stop(e2e: E
     assert e2e.registry.open_lease_count(ep.id) == 0
     done = collect_checkpoint_garbage(dry_run=False)
     row = row_for(done, ckpt.id)
-    final = e2e.registry.find_checkpoint(e2e.org_id, ckpt.id)
-    assert final is not None and final.status == "reclaimed" and final.reclaimed_at is not None
+    final = wait_reclaimed(e2e, ckpt.id)  # a scheduled collection may be finishing it
+    assert final.reclaimed_at is not None
     assert not stored.exists()
-    if row is not None:  # else the scheduled collection got there first
-        assert row["result"] == "reclaimed" and int(row["bytes freed"]) == ckpt.size_bytes, row
+    # The scheduled collection may have got there first, or at the same time.
+    assert row is None or row["result"] in ("reclaimed", "skipped"), row
+    shared = row is None or any(word in row["detail"] for word in ("earlier", "another"))
+    if row is not None and row["result"] == "reclaimed" and not shared:
+        assert int(row["bytes freed"]) == ckpt.size_bytes, row  # this run did all the work
     again = collect_checkpoint_garbage(dry_run=False)
     assert row_for(again, ckpt.id) is None  # reclaimed once, never again
 
