@@ -9,7 +9,6 @@ nothing is decided: restarting on a guess could start a second engine.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -23,9 +22,9 @@ from inference_endpoints.health import answers
 from inference_endpoints.models import Endpoint, utcnow
 from inference_endpoints.reconcile import Action, Decision, EndpointFacts, RestartPolicy, decide
 from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import make_runtime
 from inference_endpoints.status import EndpointStatus, ReasonCode
-from tasks.context import load_context, load_engine_host
+from tasks.context import load_context
+from tasks.engines import stop_orphans
 from tasks.runs import cancel_run, submit_serve_run
 from tasks.teardown import end_serve_run
 
@@ -57,19 +56,6 @@ def gather_facts(
         )
         for ep in endpoints
     ]
-
-
-def stop_orphans(registry: Registry, endpoint: Endpoint) -> int:
-    """Stop engines that still answer for an ended run (found by their labels on this host)."""
-    instance = registry.instances()[endpoint.instance]
-    host = load_engine_host(instance.work_pool)
-    runtime = make_runtime(host.runtime_for(instance.runtime), engine_python=host.engine_python,
-                           run_dir=Path(host.run_dir), readonly_mode=host.readonly_mode,
-                           image=host.image or instance.image, docker_host=host.docker_host)
-    leftovers = runtime.leftovers(endpoint.id)
-    for engine in leftovers:
-        engine.stop()
-    return len(leftovers)
 
 
 def restart(registry: Registry, endpoint: Endpoint, message: str) -> str | None:

@@ -28,13 +28,13 @@ from inference_endpoints.health import Probe, probe
 from inference_endpoints.metrics.exporter import Exporter, engine_pids, start_exporter
 from inference_endpoints.models import Endpoint
 from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import make_runtime
 from inference_endpoints.runtime.base import EngineHandle, EngineLabels
 from inference_endpoints.runtime.process import free_port
 from inference_endpoints.serving_config import ServingSpec
 from inference_endpoints.status import EndpointStatus, ReasonCode
 from inference_endpoints.urls import endpoint_urls
 from tasks.context import load_context, load_engine_host
+from tasks.engines import runtime_for
 from tasks.runs import is_final, run_state
 
 LOADING_PROBE_S = 0.2
@@ -114,15 +114,7 @@ def serve_endpoint(endpoint_id: str, generation: int = 0) -> None:
     host = load_engine_host(instance.work_pool)
     org = registry.get_org(endpoint.org_id)
     org_name = org.name if org else endpoint.org_id
-    runtime = make_runtime(
-        host.runtime_for(instance.runtime),
-        engine_python=host.engine_python,
-        run_dir=Path(host.run_dir),
-        readonly_mode=host.readonly_mode,
-        image=host.image or instance.image,
-        docker_host=host.docker_host,
-        gpu_count=0 if instance.is_cpu else instance.gpu_count,
-    )
+    runtime = runtime_for(registry, endpoint.instance)
     labels = EngineLabels(org_name, endpoint_id, endpoint.name, own_run)
     engine: EngineHandle | None = None
     exporter: Exporter | None = None

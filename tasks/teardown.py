@@ -32,6 +32,16 @@ def wait_ended(endpoint: Endpoint, timeout_s: float) -> bool:
     return False
 
 
+def _stop_leftovers_if_run_over(registry: Registry, endpoint: Endpoint) -> bool:
+    """A run that is over but whose engine still answers (its process or container was
+    orphaned, e.g. the serve flow was SIGKILLed): stop what its labels find on this host."""
+    if endpoint.serve_run_id is None or not is_final(run_state(endpoint.serve_run_id)):
+        return False
+    from tasks.engines import stop_orphans
+
+    return stop_orphans(registry, endpoint) > 0
+
+
 @task(cache_policy=NO_CACHE)
 def end_serve_run(
     registry: Registry,
@@ -49,7 +59,10 @@ def end_serve_run(
         return True
     if endpoint.serve_run_id:
         cancel_run(endpoint.serve_run_id, message)
-    if not wait_ended(endpoint, timeout_s):
+    if not wait_ended(endpoint, timeout_s) and _stop_leftovers_if_run_over(registry, endpoint):
+        logger.warning("serve run %s ended but its engine still answered: stopped it",
+                       endpoint.serve_run_id)
+    if not wait_ended(endpoint, 10.0):
         logger.error("serve run %s did not end within %.0f s; keeping its leases",
                      endpoint.serve_run_id, timeout_s)
         registry.transition(

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
 from rich.table import Table
 
-from inference_endpoints.cli.common import Context, cli_key, load_context, out, use_stack, user_errors
+from inference_endpoints.cli.common import Context, cli_key, err, load_context, out, use_stack, user_errors
 from inference_endpoints.cli.endpoints import create_cmd, stop_endpoint_by_name
 from inference_endpoints.settings import Settings
+from inference_endpoints.stack import PROJECT_DIR
 from inference_endpoints.status import EndpointStatus
 
+DOCKER_CACHE = Path.home() / ".cache" / "inference-endpoints" / "dockerd"
+CPU_ENGINE_IMAGE = "inference-endpoints/vllm-cpu:0.32.0"
 
-def up_cmd() -> None:
-    """Start the local stack: Prefect server, workers, blocks and deployments."""
+
+def up_cmd(
+    runtime: Annotated[str, typer.Option(help="How cpu-dev engines run: process or docker")] = "process",
+) -> None:
+    """Start the local stack: Prefect server, workers, gateway, console, Prometheus."""
     from inference_endpoints.stack import LocalStack, engine_python_default
 
+    if runtime not in ("process", "docker"):
+        err.print(f"[red]--runtime must be process or docker, got {runtime!r}[/]")
+        raise typer.Exit(2)
     settings = Settings()
     stack = LocalStack(settings)
     use_stack(settings)
@@ -25,6 +39,8 @@ def up_cmd() -> None:
         from deployments.pools import POOLS
 
         apply_all(settings, engine_python_default(), stack.env())
+    if runtime == "docker":
+        use_docker_for_cpu_dev(settings)
     with out.status("Starting workers, the gateway and Prometheus…"):
         for pool in POOLS:
             stack.start_worker(pool.name)
@@ -32,6 +48,29 @@ def up_cmd() -> None:
         stack.start_metrics()
         stack.start_console()
     print_status(ctx, stack)
+
+
+def use_docker_for_cpu_dev(settings: Settings) -> None:
+    """Serve cpu-dev endpoints in containers: start dockerd if needed, build the local image
+    (cached; about 5 minutes the first time), and point the pool's engine-host block at it."""
+    import subprocess
+
+    from blocks.settings_blocks import EngineHost
+    from inference_endpoints.runtime.dockerd import dockerd_installed, start_dockerd
+
+    if not dockerd_installed():
+        err.print("[red]dockerd is not installed here (apt-get install docker.io).[/]")
+        raise typer.Exit(1)
+    with out.status("Starting dockerd…"):
+        daemon = start_dockerd(DOCKER_CACHE, settings.log_dir)
+    out.print(f"dockerd at {daemon.url}")
+    env = {**os.environ, "DOCKER_HOST": daemon.url, "IE_ENGINE_IMAGE": CPU_ENGINE_IMAGE}
+    with out.status("Building the local vLLM-CPU image (cached after the first build)…"):
+        subprocess.run(["bash", "scripts/build-engine-image.sh"], cwd=PROJECT_DIR, env=env, check=True)
+    EngineHost(engine_python="python3", backend_host=settings.backend_host,
+               run_dir=str(settings.run_dir / "engines"), log_dir=str(settings.log_dir),
+               runtime="docker", image=CPU_ENGINE_IMAGE, docker_host=daemon.url,
+               ).save("cpu-dev", overwrite=True)
 
 
 def print_status(ctx: Context, stack: object) -> None:
@@ -87,8 +126,12 @@ def down_cmd() -> None:
             if not EndpointStatus(ep.status).is_terminal:
                 with out.status(f"Stopping endpoint {ep.name}…"):
                     stop_endpoint(endpoint=ep.id, org=org.name if org else settings.org)
-    with out.status("Stopping workers and the Prefect server…"):
+    with out.status("Stopping workers, gateway, console, Prometheus and the Prefect server…"):
         stack.stop()
+        from inference_endpoints.runtime.dockerd import DockerPaths, ping, stop_dockerd
+
+        if ping(DockerPaths(DOCKER_CACHE.resolve()).url):  # started by `up --runtime docker`
+            stop_dockerd(DOCKER_CACHE)
     out.print("[green]Local stack stopped.[/]")
 
 
@@ -96,7 +139,7 @@ def demo_cmd() -> None:
     """The main job: bring the stack up, serve the demo checkpoint, and call it."""
     from inference_endpoints.demo import default_demo_dir, make_demo
 
-    up_cmd()
+    up_cmd(runtime="process")
     ctx = load_context()
     with out.status("Building the demo checkpoint (cached after the first time)…"):
         demo = make_demo(default_demo_dir())

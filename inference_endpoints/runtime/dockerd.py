@@ -102,15 +102,18 @@ class DockerDaemon:
     def client(self, timeout_s: int = 60) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.url, timeout=timeout_s)
 
-    def stop(self, grace_s: float = 30.0) -> None:
+    def stop(self, grace_s: float = 30.0, removals_s: float = 120.0) -> None:
         """SIGTERM dockerd (it stops its containers and its containerd), SIGKILL after `grace_s`.
 
-        Only a daemon we own (known PID) is stopped; a system daemon is left alone.
+        Only a daemon we own (known PID) is stopped; a system daemon is left alone. Container
+        removals still in progress (auto-removal of stopped engines, ~30 s each on vfs) are
+        awaited first: interrupted, they leave the container's copy of the image on disk.
         """
         if not _pid_alive(self.pid):
             self._reap()
             return
         assert self.pid is not None
+        self._await_removals(removals_s)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -130,6 +133,22 @@ class DockerDaemon:
                 psutil.Process(pid).kill()
         if self.data_dir is not None:  # dockerd leaves its netns mount behind; it blocks rm -r
             unmount_under(DockerPaths(self.data_dir).exec_root)
+
+    def _await_removals(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            client = docker.DockerClient(base_url=self.url, timeout=10)
+        except (DockerException, requests.RequestException):
+            return
+        try:
+            while time.monotonic() < deadline:
+                if not client.containers.list(all=True, filters={"status": "removing"}):
+                    return
+                time.sleep(0.5)
+        except (DockerException, requests.RequestException):
+            return
+        finally:
+            client.close()
 
     def _reap(self) -> None:
         if self.pid is not None:
