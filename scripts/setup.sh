@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(${IE_APT_PACKAGES:-prometheus chromium nodejs npm})
+# (node and npm come from setup-frontend.sh, which installs them only when `npm` is missing:
+# some machines have NodeSource's nodejs, which conflicts with Debian's npm package.)
+APT_PACKAGES=(${IE_APT_PACKAGES:-prometheus chromium})
 
 stage "system packages"
 missing=()
