@@ -24,6 +24,8 @@ import psutil
 import requests
 from docker.errors import DockerException
 
+from inference_endpoints.processes import alive
+
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # A Unix socket path is limited to 107 bytes; containerd's socket sits deepest.
 _MAX_SOCKET_PATH = 100
@@ -73,15 +75,6 @@ class DockerPaths:
         return f"unix://{self.socket}"
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -109,7 +102,7 @@ class DockerDaemon:
         removals still in progress (auto-removal of stopped engines, ~30 s each on vfs) are
         awaited first: interrupted, they leave the container's copy of the image on disk.
         """
-        if not _pid_alive(self.pid):
+        if not alive(self.pid):
             self._reap()
             return
         assert self.pid is not None
@@ -117,15 +110,15 @@ class DockerDaemon:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while _pid_alive(self.pid) and time.monotonic() < deadline:
+        while alive(self.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _pid_alive(self.pid):
+        if alive(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
-            while _pid_alive(self.pid) and time.monotonic() < deadline:
+            while alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._reap()
         for pid in self._stragglers():  # containerd or shims of a daemon that had to be killed
@@ -213,7 +206,7 @@ def start_dockerd(data_dir: Path, log_dir: Path, timeout_s: float = 60.0,
     if len(str(containerd_sock)) > _MAX_SOCKET_PATH:
         raise ValueError(f"data directory {data_dir} is too long for Docker's Unix sockets")
     stale = _read_pid(paths.pidfile)
-    if _pid_alive(stale):
+    if alive(stale):
         raise RuntimeError(f"dockerd (pid {stale}) owns {data_dir} but does not answer at {paths.url}")
     paths.pidfile.unlink(missing_ok=True)
     paths.data_root.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inference_endpoints.stack import PROJECT_DIR, stop_pid
+from inference_endpoints.processes import stop_group
+from inference_endpoints.stack import PROJECT_DIR
 from tests.e2e.conftest import E2EStack
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,7 @@ def console_url(e2e: E2EStack) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        stop_pid(proc.pid, grace_s=10)
+        stop_group(proc.pid, grace_s=10)
         proc.wait(timeout=10)
 
 
