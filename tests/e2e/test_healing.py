@@ -91,7 +91,7 @@ def test_killed_engine_is_restarted_then_a_restart_storm_fails(e2e: E2EStack) ->
     time.sleep(1)
     assert engine_leader(ep.id) is None
     assert e2e.stop("chaos", remove=True) == "removed"
-    assert e2e.registry.open_lease_count() == 0
+    assert e2e.registry.open_lease_count(ep.id) == 0
 
 
 def test_a_killed_worker_is_detected_and_restarted(e2e: E2EStack) -> None:

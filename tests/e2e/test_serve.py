@@ -138,7 +138,7 @@ def test_lora_adapter_served_on_its_base(e2e: E2EStack) -> None:
     assert alive(pids) == [], "the engine outlived its serve run"
     assert e2e.stop("lora-demo", remove=True) == "removed"
     assert not port_open(port)
-    assert e2e.registry.open_lease_count() == 0
+    assert e2e.registry.open_lease_count(ep.id) == 0
 
 
 def test_corrupt_weights_fail_with_the_engines_error(e2e: E2EStack, tmp_path: Path) -> None:
