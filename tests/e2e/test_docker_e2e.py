@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 import psutil
 import pytest
 from openai import OpenAI
@@ -184,6 +185,12 @@ def test_docker_endpoint_serves_read_only_and_stops_clean(e2e: E2EStack, docker_
 
     backend = OpenAI(base_url=f"{ep.backend_url}/v1", api_key=ep.backend_api_key, max_retries=0)
     assert backend.completions.create(model="docker-demo", prompt="The endpoint", max_tokens=8).choices[0].text
+    # The gateway learns of the status change on its next refresh: wait for the stable URL's
+    # health check, as a client would, before calling it.
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{e2e.url('docker-demo')}/health", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the stable URL never reported healthy"
+        time.sleep(0.2)
     stable = OpenAI(base_url=f"{e2e.url('docker-demo')}/v1", api_key=e2e.api_key, max_retries=0)
     chat = stable.chat.completions.create(model="docker-demo", max_tokens=8,
                                           messages=[{"role": "user", "content": "hello"}])
