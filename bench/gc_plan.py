@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import secrets
 import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +32,7 @@ from typing import Any
 
 from inference_endpoints import checkpoint_lifecycle as lifecycle
 from inference_endpoints.collector import DEFAULT_MAX_CANDIDATES
-from inference_endpoints.db import get_engine
+from inference_endpoints.db import get_engine, scratch_postgres
 from inference_endpoints.gc import (
     Action,
     Evidence,
@@ -121,22 +118,6 @@ def load_postgres(url: str, data: Data) -> None:
         conn.execute("ANALYZE")
 
 
-@contextmanager
-def postgres_db() -> Iterator[str]:
-    import psycopg
-
-    name = f"ie_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def set_deleted(url: str, fraction: float, n_ckpt: int) -> None:
     """Mark the first `fraction` of checkpoints deleted (plain SQL: this is setup, not measured)."""
     from sqlalchemy import text
@@ -213,7 +194,7 @@ def main() -> None:
             rows += bench_db("sqlite", url, args.deleted, args.checkpoints, args.leases)
             get_engine(url).dispose()
     if args.db in ("postgres", "both"):
-        with postgres_db() as url:
+        with scratch_postgres(PG_ADMIN_URL, "ie_bench") as url:
             rows += bench_db("postgres", url, args.deleted, args.checkpoints, args.leases)
     header = f"{'db':9} {'deleted':>7} {'page':>7} {'candidates':>10} {'leases':>9} {'runs':>8} " \
              f"{'probes':>7} {'load facts':>10} {'plan':>7} {'total':>7}"

@@ -13,6 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from inference_endpoints.registry import Registry
+from inference_endpoints.runtime.kubernetes import KubeCluster
 from inference_endpoints.store import LocalCheckpointStore
 
 
@@ -57,9 +58,20 @@ class EngineHost(Block):
     run_dir: str = Field(description="Per-endpoint scratch (mount points) on the host")
     log_dir: str = Field(description="Engine logs on the host")
     readonly_mode: str = Field(default="auto", description="auto, bind or permissions")
-    runtime: str = Field(default="", description="Override the instance's runtime: process or docker")
+    runtime: str = Field(default="",
+                         description="Override the instance's runtime: process, docker or sidecar")
     image: str = Field(default="", description="Engine image for the docker runtime (overrides the catalog)")
     docker_host: str = Field(default="", description="Docker daemon URL, e.g. unix:///run/docker.sock")
+    kubeconfig: str = Field(default="", description="Kubernetes pools: kubeconfig file (empty: in-cluster, "
+                            "then ~/.kube/config)")
+    kube_context: str = Field(default="", description="Kubernetes pools: kubeconfig context (empty: current)")
+    namespace: str = Field(default="default", description="Kubernetes pools: namespace of serve Jobs and "
+                           "engine Secrets")
+    checkpoint_pvc: str = Field(default="inference-endpoints-checkpoints",
+                                description="Kubernetes pools: PVC holding the checkpoint store")
 
     def runtime_for(self, instance_runtime: str) -> str:
         return self.runtime or instance_runtime
+
+    def cluster(self) -> KubeCluster:
+        return KubeCluster(self.kubeconfig, self.namespace, self.kube_context)

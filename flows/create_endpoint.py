@@ -26,6 +26,7 @@ from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.status import EndpointStatus, Precision, Quantization, ReasonCode
 from inference_endpoints.validation import CreateRequest
 from tasks.context import load_context, load_engine_host
+from tasks.kubernetes import prepare_serve_job
 from tasks.runs import is_final, run_state, submit_serve_run
 from tasks.teardown import end_serve_run
 
@@ -121,7 +122,14 @@ def create_endpoint(
         return endpoint.id
     spec_instance = registry.instances()[endpoint.instance]
     if endpoint.serve_run_id is None:
-        run_id = submit_serve_run(endpoint.id, org, endpoint.name, spec_instance.work_pool)
+        assert endpoint.serving_config_json is not None
+        try:
+            job = prepare_serve_job(registry, endpoint, endpoint.serving_config_json)
+            run_id = submit_serve_run(endpoint.id, org, endpoint.name, spec_instance.work_pool,
+                                      job_variables=job)
+        except Exception as exc:  # nothing is serving yet: release the lease, say why
+            _fail(registry, endpoint.id, ReasonCode.DEPLOY_FAILED,
+                  f"could not submit the serve run to pool {spec_instance.work_pool}: {exc}")
         registry.update_endpoint(endpoint.id, serve_run_id=run_id)
         registry.set_lease_run(endpoint.id, run_id)
         registry.transition(endpoint.id, EndpointStatus.DEPLOYING,

@@ -29,6 +29,7 @@ from inference_endpoints.status import EndpointStatus, Precision
 from inference_endpoints.store import LocalCheckpointStore
 from inference_endpoints.validation import CreateRequest, validate_create
 from tasks.context import load_context, load_engine_host
+from tasks.kubernetes import prepare_serve_job
 from tasks.runs import cancel_run, is_final, run_state, submit_serve_run
 
 DRAIN_S = 3.0  # let the gateway see the switch and in-flight requests finish
@@ -74,8 +75,9 @@ def rolling_replace(registry: Registry, endpoint: Endpoint, checkpoint: Checkpoi
         host.runtime_for(instance.runtime), endpoint.id)
     spec = render(validated, model_root=root, api_key=endpoint.backend_api_key or "")
     old_run = endpoint.serve_run_id
+    job = prepare_serve_job(registry, endpoint, spec.to_json(), generation)
     new_run = submit_serve_run(endpoint.id, org, endpoint.name, instance.work_pool, generation,
-                               "replace")
+                               "replace", job)
     leased = [validated.checkpoint] + ([validated.checkpoint.base] if validated.checkpoint.base else [])
     registry.lease_for_candidate(endpoint.id, endpoint.name, leased, new_run)
     registry.update_endpoint(endpoint.id, candidate_run_id=new_run, candidate_checkpoint_id=checkpoint.id,

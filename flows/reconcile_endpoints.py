@@ -25,6 +25,7 @@ from inference_endpoints.registry import Registry
 from inference_endpoints.status import EndpointStatus, ReasonCode
 from tasks.context import load_context
 from tasks.engines import stop_orphans
+from tasks.kubernetes import prepare_serve_job
 from tasks.runs import cancel_run, submit_serve_run
 from tasks.teardown import end_serve_run
 
@@ -68,7 +69,9 @@ def restart(registry: Registry, endpoint: Endpoint, message: str) -> str | None:
     org_name = org.name if org else endpoint.org_id
     pool = registry.instances()[endpoint.instance].work_pool
     generation = endpoint.generation + 1
-    new_run = submit_serve_run(endpoint.id, org_name, endpoint.name, pool, generation, "restart")
+    assert endpoint.serving_config_json is not None
+    job = prepare_serve_job(registry, endpoint, endpoint.serving_config_json, generation)
+    new_run = submit_serve_run(endpoint.id, org_name, endpoint.name, pool, generation, "restart", job)
     if not transfer_leases(registry, endpoint.id, new_run):
         cancel_run(new_run, "checkpoint is being reclaimed")
         registry.transition(endpoint.id, EndpointStatus.FAILED, reason=ReasonCode.CHECKPOINT_UNAVAILABLE,

@@ -12,6 +12,7 @@ run?", so a replaced or restarted run can never overwrite its successor's state.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from uuid import UUID
@@ -29,6 +30,7 @@ from inference_endpoints.metrics.exporter import Exporter, engine_pids, start_ex
 from inference_endpoints.models import Endpoint
 from inference_endpoints.registry import Registry
 from inference_endpoints.runtime.base import EngineHandle, EngineLabels
+from inference_endpoints.runtime.kubernetes import POD_IP_ENV
 from inference_endpoints.runtime.process import free_port
 from inference_endpoints.serving_config import ServingSpec
 from inference_endpoints.status import EndpointStatus, ReasonCode
@@ -129,7 +131,10 @@ def serve_endpoint(endpoint_id: str, generation: int = 0) -> None:
         )
         logger.info("%s engine started at %s (%s)", runtime.kind, engine.url,
                     "candidate" if candidate else f"generation {generation}")
-        exporter = start_exporter(labels, engine_pids(engine), host.backend_host)
+        # In a Kubernetes pod the exporter binds the pod's IP, where Prometheus can reach it.
+        in_pod = runtime.kind == "sidecar" and os.environ.get(POD_IP_ENV)
+        exporter_host = in_pod or host.backend_host
+        exporter = start_exporter(labels, engine_pids(engine), exporter_host)
         if candidate:
             registry.update_endpoint(endpoint_id, candidate_backend_url=engine.url)
         else:

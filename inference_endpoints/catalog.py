@@ -70,11 +70,11 @@ CATALOG: tuple[InstanceSpec, ...] = (
     InstanceSpec("a100-80gb", "NVIDIA A100", 1, 81920, "8.0", _BF16, False, 1.79,
                  "gpu-docker", "docker", 900, "1x A100 80 GB", GPU_IMAGE, _GPU_QUANT),
     InstanceSpec("h100-80gb", "NVIDIA H100", 1, 81559, "9.0", _BF16, True, 2.49,
-                 "gpu-kubernetes", "process", 900, "1x H100 80 GB", GPU_IMAGE, _GPU_QUANT_FP8),
+                 "gpu-kubernetes", "sidecar", 900, "1x H100 80 GB", GPU_IMAGE, _GPU_QUANT_FP8),
     InstanceSpec("h100-80gb-x2", "NVIDIA H100", 2, 81559, "9.0", _BF16, True, 4.98,
-                 "gpu-kubernetes", "process", 1200, "2x H100 80 GB", GPU_IMAGE, _GPU_QUANT_FP8),
+                 "gpu-kubernetes", "sidecar", 1200, "2x H100 80 GB", GPU_IMAGE, _GPU_QUANT_FP8),
     InstanceSpec("h200-141gb", "NVIDIA H200", 1, 143771, "9.0", _BF16, True, 3.50,
-                 "gpu-kubernetes", "process", 900, "1x H200 141 GB", GPU_IMAGE, _GPU_QUANT_FP8),
+                 "gpu-kubernetes", "sidecar", 900, "1x H200 141 GB", GPU_IMAGE, _GPU_QUANT_FP8),
 )
 
 

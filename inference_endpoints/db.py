@@ -75,3 +75,22 @@ def alembic_config(url: str) -> Config:
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def scratch_postgres(admin_url: str, prefix: str = "ie_scratch") -> Iterator[str]:
+    """A throwaway PostgreSQL database (tests, benchmarks): created empty, dropped after use."""
+    import secrets
+
+    import psycopg
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -18,30 +18,22 @@ GPU feature discovery labels (`nvidia.com/gpu.present`, `nvidia.com/gpu.product`
 `nvidia.com/gpu` taint is tolerated.
 
 `job_variables` gives the per-run job variables (what `run_deployment(job_variables=...)`
-passes for the serve deployment on that pool); `render_job_manifest` fills the base job
-template with them as the worker does: variable defaults overlaid with the run's values, then
-Prefect's own `apply_values`, then the worker's env/args/name preparation. Pure: no cluster,
-no network.
+passes for the serve deployment on that pool); the Kubernetes worker fills the base job
+template with them (tests render it with prefect-kubernetes' own worker code). Pure: no
+cluster, no network.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
-import shlex
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from inference_endpoints.catalog import InstanceSpec
 from inference_endpoints.runtime.base import EngineLabels
 from inference_endpoints.serving_config import ServingSpec
 
-BASE_JOB_TEMPLATE = Path(__file__).resolve().parent.parent / "deployments" / "k8s" / "base-job-template.json"
 ENGINE_PORT = 8000
 BACKEND_KEY_FIELD = "api-key"
-FLOW_RUN_COMMAND = "prefect flow-run execute"
 SHM_GIB_PER_GPU = 2
 # `nvidia.com/gpu.product` as NVIDIA GPU feature discovery labels the nodes of each instance type.
 GPU_PRODUCTS = {
@@ -139,49 +131,3 @@ def job_variables(
     if checkpoint_pvc:
         variables["checkpoint_pvc"] = checkpoint_pvc
     return variables
-
-
-def load_base_job_template(path: Path = BASE_JOB_TEMPLATE) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value if v is not None]
-    return value
-
-
-def render_job_manifest(
-    variables: Mapping[str, Any],
-    *,
-    template: Mapping[str, Any] | None = None,
-    namespace: str | None = None,
-) -> dict[str, Any]:
-    """The Job manifest the worker submits for a run with these job variables."""
-    from prefect.utilities.templating import apply_values  # what workers use on base job templates
-
-    base = copy.deepcopy(dict(template) if template is not None else load_base_job_template())
-    properties = base["variables"].get("properties", {})
-    values = {name: copy.deepcopy(prop["default"]) for name, prop in properties.items() if "default" in prop}
-    values.update(copy.deepcopy(dict(variables)))
-    if namespace:
-        values["namespace"] = namespace
-    values["name"] = values.get("name") or "serve-endpoint"  # the worker uses the flow run's name
-    config = apply_values(base["job_configuration"], values)
-    manifest: dict[str, Any] = config["job_manifest"]
-    # The worker's prepare_for_flow_run: env dict -> list before the template's own entries,
-    # a default command for the flow, and a generated name.
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    env = [{"name": k, "value": v} for k, v in (config.get("env") or {}).items()]
-    template_env = container.get("env")
-    container["env"] = [*env, *(template_env if isinstance(template_env, list) else [])]
-    args = container.get("args")
-    if not args:
-        container["args"] = shlex.split(config.get("command") or FLOW_RUN_COMMAND)
-    elif isinstance(args, str):
-        container["args"] = shlex.split(args)
-    rendered: dict[str, Any] = _drop_none(manifest)
-    return rendered

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -41,25 +41,20 @@ class StackState:
     prometheus_pid: int | None = None
     prometheus_url: str | None = None
     console_pid: int | None = None
+    dockerd_pid: int | None = None  # only a daemon `use_docker` started (it is ours to stop)
+    dockerd_url: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"prefect_url": self.prefect_url, "prefect_pid": self.prefect_pid,
-                           "workers": self.workers, "gateway_pid": self.gateway_pid,
-                           "discovery_pid": self.discovery_pid,
-                           "prometheus_pid": self.prometheus_pid,
-                           "prometheus_url": self.prometheus_url,
-                           "console_pid": self.console_pid}, indent=2)
+        return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> StackState:
         data = json.loads(text)
-        return cls(data["prefect_url"], data.get("prefect_pid"), data.get("workers", {}),
-                   data.get("gateway_pid"), data.get("discovery_pid"), data.get("prometheus_pid"),
-                   data.get("prometheus_url"), data.get("console_pid"))
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def pids(self) -> list[int]:
-        return [p for p in (self.prefect_pid, self.gateway_pid, self.discovery_pid,
-                            self.prometheus_pid, self.console_pid, *self.workers.values()) if p]
+        return [p for p in (self.prefect_pid, self.gateway_pid, self.discovery_pid, self.prometheus_pid,
+                            self.console_pid, self.dockerd_pid, *self.workers.values()) if p]
 
 
 class LocalStack:
@@ -188,8 +183,9 @@ class LocalStack:
 
     @property
     def console_url(self) -> str:
-        port = os.environ.get("IE_CONSOLE_PORT", "8781")
-        return f"http://127.0.0.1:{port}"
+        from inference_endpoints.console.config import ConsoleSettings
+
+        return f"http://127.0.0.1:{ConsoleSettings().port}"
 
     def console_healthy(self) -> bool:
         try:
@@ -235,6 +231,32 @@ class LocalStack:
         assert state.prometheus_url is not None
         return state.prometheus_url
 
+    # ---- Docker -------------------------------------------------------------------------
+
+    def use_docker(self, cache_dir: Path, image: str) -> str:
+        """Serve cpu-dev endpoints in containers; returns the Docker daemon's URL.
+
+        Starts dockerd under `cache_dir` unless one answers there (a daemon started here is
+        recorded and stopped with the stack), builds the local vLLM-CPU image (cached; about
+        5 minutes the first time) and points the pool's `engine-host` block at both.
+        """
+        import subprocess
+
+        from blocks.settings_blocks import EngineHost
+        from inference_endpoints.runtime.dockerd import start_dockerd
+
+        daemon = start_dockerd(cache_dir, self.settings.log_dir)
+        if daemon.started:
+            state = self.read_state() or StackState(self.prefect_url)
+            state.dockerd_pid, state.dockerd_url = daemon.pid, daemon.url
+            self.write_state(state)
+        subprocess.run(["bash", str(PROJECT_DIR / "scripts" / "build-engine-image.sh")], cwd=PROJECT_DIR,
+                       env={**os.environ, "DOCKER_HOST": daemon.url, "IE_ENGINE_IMAGE": image}, check=True)
+        EngineHost(engine_python="python3", backend_host=self.settings.backend_host,
+                   run_dir=str(self.settings.run_dir / "engines"), log_dir=str(self.settings.log_dir),
+                   runtime="docker", image=image, docker_host=daemon.url).save("cpu-dev", overwrite=True)
+        return daemon.url
+
     def stop(self) -> None:
         state = self.read_state()
         if state is None:
@@ -246,4 +268,9 @@ class LocalStack:
             setattr(state, attr, None)
         stop_group(state.prefect_pid)
         state.prefect_pid = None
+        if state.dockerd_pid and state.dockerd_url:
+            from inference_endpoints.runtime.dockerd import DockerDaemon
+
+            DockerDaemon(state.dockerd_url, state.dockerd_pid, True).stop()
+            state.dockerd_pid = state.dockerd_url = None
         self.write_state(state)

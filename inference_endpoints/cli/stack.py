@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,6 @@ from rich.table import Table
 from inference_endpoints.cli.common import Context, cli_key, err, load_context, out, use_stack, user_errors
 from inference_endpoints.cli.endpoints import create_cmd, stop_endpoint_by_name
 from inference_endpoints.settings import Settings
-from inference_endpoints.stack import PROJECT_DIR
 from inference_endpoints.status import EndpointStatus
 
 DOCKER_CACHE = Path.home() / ".cache" / "inference-endpoints" / "dockerd"
@@ -40,7 +38,15 @@ def up_cmd(
 
         apply_all(settings, engine_python_default(), stack.env())
     if runtime == "docker":
-        use_docker_for_cpu_dev(settings)
+        from inference_endpoints.runtime.dockerd import dockerd_installed
+
+        if not dockerd_installed():
+            err.print("[red]dockerd is not installed here (apt-get install docker.io).[/]")
+            raise typer.Exit(1)
+        with out.status("Starting dockerd and building the local vLLM-CPU image "
+                        "(cached; about 5 minutes the first time)…"):
+            out.print(f"cpu-dev engines run in containers (dockerd at "
+                      f"{stack.use_docker(DOCKER_CACHE, CPU_ENGINE_IMAGE)})")
     with out.status("Starting workers, the gateway and Prometheus…"):
         for pool in POOLS:
             stack.start_worker(pool.name)
@@ -48,29 +54,6 @@ def up_cmd(
         stack.start_metrics()
         stack.start_console()
     print_status(ctx, stack)
-
-
-def use_docker_for_cpu_dev(settings: Settings) -> None:
-    """Serve cpu-dev endpoints in containers: start dockerd if needed, build the local image
-    (cached; about 5 minutes the first time), and point the pool's engine-host block at it."""
-    import subprocess
-
-    from blocks.settings_blocks import EngineHost
-    from inference_endpoints.runtime.dockerd import dockerd_installed, start_dockerd
-
-    if not dockerd_installed():
-        err.print("[red]dockerd is not installed here (apt-get install docker.io).[/]")
-        raise typer.Exit(1)
-    with out.status("Starting dockerd…"):
-        daemon = start_dockerd(DOCKER_CACHE, settings.log_dir)
-    out.print(f"dockerd at {daemon.url}")
-    env = {**os.environ, "DOCKER_HOST": daemon.url, "IE_ENGINE_IMAGE": CPU_ENGINE_IMAGE}
-    with out.status("Building the local vLLM-CPU image (cached after the first build)…"):
-        subprocess.run(["bash", "scripts/build-engine-image.sh"], cwd=PROJECT_DIR, env=env, check=True)
-    EngineHost(engine_python="python3", backend_host=settings.backend_host,
-               run_dir=str(settings.run_dir / "engines"), log_dir=str(settings.log_dir),
-               runtime="docker", image=CPU_ENGINE_IMAGE, docker_host=daemon.url,
-               ).save("cpu-dev", overwrite=True)
 
 
 def print_status(ctx: Context, stack: object) -> None:
@@ -126,12 +109,8 @@ def down_cmd() -> None:
             if not EndpointStatus(ep.status).is_terminal:
                 with out.status(f"Stopping endpoint {ep.name}…"):
                     stop_endpoint(endpoint=ep.id, org=org.name if org else settings.org)
-    with out.status("Stopping workers, gateway, console, Prometheus and the Prefect server…"):
+    with out.status("Stopping workers, gateway, console, Prometheus, dockerd and the Prefect server…"):
         stack.stop()
-        from inference_endpoints.runtime.dockerd import DockerPaths, ping, stop_dockerd
-
-        if ping(DockerPaths(DOCKER_CACHE.resolve()).url):  # started by `up --runtime docker`
-            stop_dockerd(DOCKER_CACHE)
     out.print("[green]Local stack stopped.[/]")
 
 

@@ -1,7 +1,7 @@
 """The console's own settings (env prefix `IE_CONSOLE_`), next to the shared `Settings`.
 
-Kept here until they move into `settings.py`: port, bind address, cookie secret,
-idle threshold and where Prometheus answers.
+Port, bind address, cookie secret, idle threshold and where Prometheus answers: only the
+console reads them, so they live with it (the stack reads the port to start and probe it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Metrics settings, read from the environment (prefix `IE_`), separate from the core Settings.
 
-Kept apart so the metrics package can grow knobs without touching the registry's settings.
+Only the metrics package (and the stack, which starts Prometheus) reads them; they live with
+it so it can grow knobs without touching the registry's settings.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Engine runtimes: how one vLLM server is started, watched and stopped.
 
-`process` runs vLLM as a local process tree; `docker` runs it in a container. The
-instance catalog names each instance type's runtime; an `engine-host` block may
-override it per work pool (e.g. CPU hosts serving through Docker).
+`process` runs vLLM as a local process tree; `docker` runs it in a container; `sidecar`
+is the engine Kubernetes runs next to the serve flow in its pod. The instance catalog
+names each instance type's runtime; an `engine-host` block may override it per work
+pool (e.g. CPU hosts serving through Docker).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference_endpoints.runtime.base import EngineRuntime
+
+if TYPE_CHECKING:
+    from inference_endpoints.runtime.kubernetes import KubeCluster
 
 CONTAINER_MODEL_ROOT = "/models"
 
@@ -22,7 +27,7 @@ def model_root_resolver(run_dir: Path, generation: int = 0) -> Callable[[str, st
     """
 
     def resolve(runtime: str, endpoint_id: str) -> str:
-        if runtime == "docker":
+        if runtime != "process":  # containers see the store at one fixed root
             return CONTAINER_MODEL_ROOT
         base = run_dir / endpoint_id
         return str((base / f"g{generation}" if generation else base) / "models")
@@ -39,6 +44,8 @@ def make_runtime(
     image: str = "",
     docker_host: str = "",
     gpu_count: int = 0,
+    cluster: KubeCluster | None = None,
+    engine_port: int = 8000,
 ) -> EngineRuntime:
     if kind == "process":
         from inference_endpoints.runtime.process import ProcessRuntime
@@ -48,4 +55,8 @@ def make_runtime(
         from inference_endpoints.runtime.docker import DockerRuntime
 
         return DockerRuntime(image=image, docker_host=docker_host or None, gpu_count=gpu_count)
-    raise ValueError(f"unknown engine runtime {kind!r} (expected process or docker)")
+    if kind == "sidecar":
+        from inference_endpoints.runtime.kubernetes import SidecarRuntime
+
+        return SidecarRuntime(engine_port, cluster)
+    raise ValueError(f"unknown engine runtime {kind!r} (expected process, docker or sidecar)")

@@ -227,9 +227,3 @@ def start_dockerd(data_dir: Path, log_dir: Path, timeout_s: float = 60.0,
     daemon.stop(grace_s=5)
     raise TimeoutError(f"dockerd did not answer within {timeout_s:.0f} s; see {log_path}")
 
-
-def stop_dockerd(data_dir: Path, grace_s: float = 30.0) -> None:
-    """Stop the daemon started earlier under `data_dir` (e.g. by another process), by its PID."""
-    data_dir = Path(data_dir).resolve()
-    paths = DockerPaths(data_dir)
-    DockerDaemon(paths.url, _read_pid(paths.pidfile), False, None, data_dir).stop(grace_s)

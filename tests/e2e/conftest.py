@@ -6,6 +6,7 @@ check asserts that no process the session started is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -83,6 +84,23 @@ class E2EStack:
 
     def ensure_worker(self, pool: str = "cpu-dev") -> int:
         return self.stack.start_worker(pool)
+
+
+@contextlib.contextmanager
+def paused_deployment(name: str) -> Iterator[None]:
+    """Pause a scheduled deployment (e.g. reconcile) so a test decides when it runs."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        was_paused = bool(deployment.paused)
+        client.pause_deployment(deployment.id)
+    try:
+        yield
+    finally:
+        if not was_paused:
+            with get_client(sync_client=True) as client:
+                client.resume_deployment(deployment.id)
 
 
 def engine_processes(data_dir: Path) -> list[psutil.Process]:

@@ -34,7 +34,7 @@ from inference_endpoints.runtime.docker import ENDPOINT_LABEL, DockerEngine, Doc
 from inference_endpoints.runtime.dockerd import DockerDaemon, dockerd_installed, start_dockerd
 from inference_endpoints.serving_config import ServingSpec
 from tasks.runs import is_final, run_state
-from tests.e2e.conftest import E2EStack
+from tests.e2e.conftest import E2EStack, paused_deployment
 from tests.e2e.engine_tools import backend_port, port_open
 
 pytestmark = pytest.mark.e2e
@@ -73,34 +73,30 @@ def dockerd() -> Iterator[DockerDaemon]:
 
 @pytest.fixture(scope="module")
 def docker_pool(e2e: E2EStack, dockerd: DockerDaemon) -> Iterator[DockerRuntime]:
-    """cpu-dev serve runs use the docker runtime; the reconcile schedule is paused meanwhile
-    (the tests run reconcile in-process, so what it decides does not depend on timing)."""
-    default = EngineHost.load("default")
-    assert isinstance(default, EngineHost)
+    """cpu-dev serve runs use the docker runtime, set up as `endpoints up --runtime docker` does
+    (`LocalStack.use_docker`: it finds the module's dockerd answering and the image built); the
+    reconcile schedule is paused meanwhile (the tests run reconcile in-process, so what it decides
+    does not depend on timing)."""
     try:
         previous: EngineHost | None = EngineHost.load(POOL)  # type: ignore[assignment]
     except ValueError:
         previous = None
-    EngineHost(
-        engine_python=default.engine_python, backend_host=default.backend_host,
-        run_dir=default.run_dir, log_dir=default.log_dir, readonly_mode=default.readonly_mode,
-        runtime="docker", image=IMAGE, docker_host=dockerd.url,
-    ).save(POOL, overwrite=True)
-    with get_client(sync_client=True) as client:
-        reconcile = client.read_deployment_by_name("reconcile-endpoints/default")
-        was_paused = bool(reconcile.paused)
-        client.pause_deployment(reconcile.id)
+    assert e2e.stack.use_docker(DOCKER_CACHE, IMAGE) == dockerd.url
+    host = EngineHost.load(POOL)
+    assert isinstance(host, EngineHost)
+    assert (host.runtime, host.image, host.docker_host) == ("docker", IMAGE, dockerd.url)
+    state = e2e.stack.read_state()
+    assert state is not None and state.dockerd_pid is None, "the stack must not stop a daemon it did not start"
     runtime = DockerRuntime(IMAGE, dockerd.url, gpu_count=0)
     try:
-        yield runtime
+        with paused_deployment("reconcile-endpoints/default"):
+            yield runtime
     finally:
         for endpoint_id in CREATED:
             for engine in runtime.leftovers(endpoint_id):
                 print(f"[docker] removing container {engine.name} left by a failed test")
                 engine.stop(grace_s=2)
         with get_client(sync_client=True) as client:
-            if not was_paused:
-                client.resume_deployment(reconcile.id)
             if previous is not None:
                 previous.save(POOL, overwrite=True)
             else:
