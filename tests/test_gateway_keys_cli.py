@@ -70,3 +70,12 @@ def test_key_create_list_revoke(cli: CliRunner, monkeypatch: pytest.MonkeyPatch)
     other = cli.invoke(app, ["key", "list"])
     assert prefix not in other.stdout
     assert cli.invoke(app, ["key", "revoke", row.id]).exit_code == 2
+
+
+def test_up_with_an_unknown_runtime_names_it_and_starts_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    from inference_endpoints.cli import app as endpoints_app
+
+    result = cli.invoke(endpoints_app, ["up", "--runtime", "podman"])
+    assert result.exit_code == 2
+    assert "--runtime must be process or docker" in result.stderr and "podman" in result.stderr
+    assert not (tmp_path / "run" / "stack.json").exists(), "a rejected `up` started something"
