@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from inference_endpoints.errors import invalid
 from inference_endpoints.gc import CheckpointFact, Facts, LeaseFact
 from inference_endpoints.models import Checkpoint, CheckpointLease, Endpoint, utcnow
-from inference_endpoints.registry import Registry
+from inference_endpoints.registry import Registry, lock_checkpoint
 from inference_endpoints.status import CheckpointKind, CheckpointStatus
 
 CANDIDATE_STATUSES = (CheckpointStatus.DELETED.value, CheckpointStatus.RECLAIMING.value)
@@ -369,10 +369,7 @@ def transfer_leases(registry: Registry, endpoint_id: str, run_id: str) -> bool:
             rows = s.exec(select(Checkpoint.id, Checkpoint.base_checkpoint_id)
                           .where(col(Checkpoint.id).in_(ids))).all()
             for cid, _base in sorted(rows, key=lambda r: (r[1] is None, r[0])):
-                locked = s.execute(update(Checkpoint)
-                                   .where(col(Checkpoint.id) == cid, col(Checkpoint.status).in_(allowed))
-                                   .values(status=Checkpoint.status))
-                if locked.rowcount != 1:
+                if not lock_checkpoint(s, cid, allowed):
                     raise _LeasesChanged
             now = utcnow()
             for lease in open_leases:

@@ -91,6 +91,21 @@ class NewKey:
     secret: str  # shown once, never stored
 
 
+def lock_checkpoint(s: Session, checkpoint_id: str,
+                    statuses: Sequence[str] = (CheckpointStatus.AVAILABLE,)) -> bool:
+    """Lock a checkpoint's row for this transaction if its status is one of `statuses`.
+
+    A no-op UPDATE guarded on the status takes the row's write lock and re-checks the status
+    in one statement, so a concurrent delete or reclaim either commits first (False) or waits
+    until this transaction, and the lease it writes, has committed.
+    """
+    result: Any = s.execute(update(Checkpoint)
+                            .where(col(Checkpoint.id) == checkpoint_id,
+                                   col(Checkpoint.status).in_(list(statuses)))
+                            .values(status=Checkpoint.status))
+    return bool(result.rowcount == 1)  # a CursorResult: UPDATE reports the rows it matched
+
+
 class Registry:
     def __init__(self, url: str):
         self.url = url
@@ -321,15 +336,7 @@ class Registry:
                 if existing is not None:
                     return existing
             for view in leased:
-                result = s.execute(
-                    update(Checkpoint)
-                    .where(
-                        col(Checkpoint.id) == view.id,
-                        col(Checkpoint.status) == CheckpointStatus.AVAILABLE,
-                    )
-                    .values(status=CheckpointStatus.AVAILABLE)
-                )
-                if result.rowcount != 1:
+                if not lock_checkpoint(s, view.id):
                     raise invalid(
                         "checkpoint_deleted", "checkpoint",
                         f"Checkpoint {view.name!r} was deleted while the endpoint was created.",
@@ -501,13 +508,7 @@ class Registry:
         """Lease the replacement's checkpoint(s) for its own run; they must be available."""
         with self.session() as s:
             for view in checkpoints:
-                result = s.execute(
-                    update(Checkpoint)
-                    .where(col(Checkpoint.id) == view.id,
-                           col(Checkpoint.status) == CheckpointStatus.AVAILABLE)
-                    .values(status=CheckpointStatus.AVAILABLE)
-                )
-                if result.rowcount != 1:
+                if not lock_checkpoint(s, view.id):
                     raise invalid("checkpoint_deleted", "checkpoint",
                                   f"Checkpoint {view.name!r} is no longer available.",
                                   "Pick another checkpoint.")
