@@ -70,7 +70,11 @@ def restart(registry: Registry, endpoint: Endpoint, message: str) -> str | None:
     pool = registry.instances()[endpoint.instance].work_pool
     generation = endpoint.generation + 1
     assert endpoint.serving_config_json is not None
-    job = prepare_serve_job(registry, endpoint, endpoint.serving_config_json, generation)
+    try:
+        job = prepare_serve_job(registry, endpoint, endpoint.serving_config_json, generation)
+    except Exception as exc:  # e.g. its cluster is unreachable: the next pass tries again
+        registry.record_activity(endpoint.id, "restart", f"restart not submitted yet: {exc}")
+        return None
     new_run = submit_serve_run(endpoint.id, org_name, endpoint.name, pool, generation, "restart", job)
     if not transfer_leases(registry, endpoint.id, new_run):
         cancel_run(new_run, "checkpoint is being reclaimed")
@@ -110,7 +114,7 @@ def apply(registry: Registry, endpoint: Endpoint, decision: Decision) -> list[st
                 done.append("marked unhealthy")
         elif action == Action.RESTART:
             new_run = restart(registry, endpoint, decision.message)
-            done.append(f"restarted as {new_run}" if new_run else "restart superseded")
+            done.append(f"restarted as {new_run}" if new_run else "restart superseded or deferred")
         elif action == Action.FAIL and registry.transition(
             endpoint.id, EndpointStatus.FAILED, reason=ReasonCode.RESTART_LIMIT,
             message=decision.message, expected_run=old_run,
