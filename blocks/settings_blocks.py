@@ -13,6 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from inference_endpoints.registry import Registry
+from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.runtime.kubernetes import KubeCluster
 from inference_endpoints.store import LocalCheckpointStore
 
@@ -72,6 +73,11 @@ class EngineHost(Block):
 
     def runtime_for(self, instance_runtime: str) -> str:
         return self.runtime or instance_runtime
+
+    def model_root(self, instance_runtime: str, endpoint_id: str, generation: int = 0) -> str:
+        """Where the endpoint's checkpoints appear to engines on this pool (override applied)."""
+        return model_root_resolver(Path(self.run_dir), generation)(
+            self.runtime_for(instance_runtime), endpoint_id)
 
     def cluster(self) -> KubeCluster:
         return KubeCluster(self.kubeconfig, self.namespace, self.kube_context)

@@ -9,7 +9,6 @@ endpoint `failed` with a reason; a rejected request writes nothing at all.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -22,7 +21,6 @@ from inference_endpoints.health import Probe, probe
 from inference_endpoints.models import Endpoint
 from inference_endpoints.operations import plan_create
 from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.status import EndpointStatus, Precision, Quantization, ReasonCode
 from inference_endpoints.validation import CreateRequest
 from tasks.context import load_context, load_engine_host
@@ -51,10 +49,10 @@ def record(registry: Registry, org_name: str, request: CreateRequest,
             return existing
     instance = registry.instances().get(str(request.instance))
     host = load_engine_host(instance.work_pool) if instance else None
-    resolve = model_root_resolver(Path(host.run_dir if host else "/tmp"))
 
     def model_root(runtime: str, endpoint_id: str) -> str:
-        return resolve(host.runtime_for(runtime) if host else runtime, endpoint_id)
+        assert host is not None  # called only once validation has accepted the instance
+        return host.model_root(runtime, endpoint_id)
 
     plan = plan_create(registry, org.id, request, model_root)
     return registry.record_endpoint(

@@ -23,7 +23,6 @@ from inference_endpoints.health import Probe, answers, probe
 from inference_endpoints.models import Checkpoint, Endpoint
 from inference_endpoints.operations import register_checkpoint
 from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
 from inference_endpoints.serving_config import render
 from inference_endpoints.status import EndpointStatus, Precision
 from inference_endpoints.store import LocalCheckpointStore
@@ -71,8 +70,7 @@ def rolling_replace(registry: Registry, endpoint: Endpoint, checkpoint: Checkpoi
         CreateRequest(endpoint.name, checkpoint.id, endpoint.instance, endpoint.max_context,
                       endpoint.precision, endpoint.quantization),
         checkpoint=view, name_taken=False, instances=registry.instances())
-    root = model_root_resolver(Path(host.run_dir), generation)(
-        host.runtime_for(instance.runtime), endpoint.id)
+    root = host.model_root(instance.runtime, endpoint.id, generation)
     spec = render(validated, model_root=root, api_key=endpoint.backend_api_key or "")
     old_run = endpoint.serve_run_id
     job = prepare_serve_job(registry, endpoint, spec.to_json(), generation)

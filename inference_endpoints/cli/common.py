@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inference_endpoints.errors import CheckpointError, RequestInvalid
+from inference_endpoints.models import Endpoint
 from inference_endpoints.registry import Registry
 from inference_endpoints.settings import Settings
 from inference_endpoints.store import LocalCheckpointStore
@@ -56,6 +57,15 @@ def load_context() -> Context:
         err.print(f"[red]No organization {settings.org!r} (set IE_ORG).[/]")
         raise typer.Exit(2)
     return Context(settings, registry, org.id)
+
+
+def require_endpoint(ctx: Context, ref: str) -> Endpoint:
+    """The organization's endpoint by name or id, or exit 2 saying there is none."""
+    ep = ctx.registry.find_endpoint(ctx.org_id, ref)
+    if ep is None:
+        err.print(f"[red]No endpoint {ref!r}.[/]")
+        raise typer.Exit(2)
+    return ep
 
 
 def save_cli_key(settings: Settings, secret: str) -> None:

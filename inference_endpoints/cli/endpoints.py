@@ -16,6 +16,7 @@ from inference_endpoints.cli.common import (
     fit_table,
     load_context,
     out,
+    require_endpoint,
     use_stack,
     user_errors,
 )
@@ -192,10 +193,7 @@ def list_cmd() -> None:
 def show_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:
     """Show an endpoint: status, URL, serving configuration, activity."""
     ctx = load_context()
-    ep = ctx.registry.find_endpoint(ctx.org_id, name)
-    if ep is None:
-        err.print(f"[red]No endpoint {name!r}.[/]")
-        raise typer.Exit(2)
+    ep = require_endpoint(ctx, name)
     show_endpoint(ctx, ep.id)
 
 
@@ -203,10 +201,7 @@ def stop_endpoint_by_name(name: str, remove: bool) -> str:
     settings = Settings()
     use_stack(settings)
     ctx = load_context()
-    ep = ctx.registry.find_endpoint(ctx.org_id, name)
-    if ep is None:
-        err.print(f"[red]No endpoint {name!r}.[/]")
-        raise typer.Exit(2)
+    ep = require_endpoint(ctx, name)
     from flows.stop_endpoint import stop_endpoint
 
     org = ctx.registry.get_org(ctx.org_id)

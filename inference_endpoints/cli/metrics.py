@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from inference_endpoints.cli.common import err, load_context, out
+from inference_endpoints.cli.common import err, load_context, out, require_endpoint
 from inference_endpoints.metrics.config import MetricsConfig
 from inference_endpoints.metrics.format import format_value, sparkline
 from inference_endpoints.metrics.queries import WINDOWS
@@ -31,10 +31,7 @@ def metrics_cmd(
         err.print(f"[red]Unknown window {window!r}[/]: choose one of {', '.join(WINDOWS)}.")
         raise typer.Exit(2)
     ctx = load_context()
-    ep = ctx.registry.find_endpoint(ctx.org_id, name)
-    if ep is None:
-        err.print(f"[red]No endpoint {name!r}.[/]")
-        raise typer.Exit(2)
+    ep = require_endpoint(ctx, name)
     org = ctx.registry.get_org(ctx.org_id)
     org_name = org.name if org else ctx.settings.org
     url = MetricsConfig().url

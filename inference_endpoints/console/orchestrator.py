@@ -9,7 +9,6 @@ because unit tests have no Prefect server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from inference_endpoints.catalog import InstanceSpec
@@ -40,15 +39,13 @@ class PrefectOrchestrator:
     """The real one: `run_deployment(..., timeout=0, as_subflow=False)` returns at once."""
 
     def model_root_for(self, instance: InstanceSpec) -> Callable[[str, str], str]:
-        from inference_endpoints.runtime import model_root_resolver
         from tasks.context import load_engine_host
 
         try:
             host = load_engine_host(instance.work_pool)
         except Exception as exc:  # Prefect raises several types for "unreachable" / "no block"
             raise SubmitError(f"could not read the engine host settings from Prefect: {exc}") from exc
-        resolve = model_root_resolver(Path(host.run_dir))
-        return lambda runtime, endpoint_id: resolve(host.runtime_for(runtime), endpoint_id)
+        return host.model_root
 
     def submit_create(self, parameters: dict[str, Any], idempotency_key: str) -> str:
         return self._run(CREATE_DEPLOYMENT, parameters, idempotency_key,
