@@ -6,7 +6,9 @@ up; `state` records that, so tests can assert the gateway closed the upstream.
 
 Timing knobs come from the command line or per request (query string):
 `ttft_ms` before the first chunk (or the whole JSON answer), `itl_ms` between
-chunks, `chunks` (else the body's max_tokens).
+chunks, `chunks` (else the body's max_tokens). `lockstep=1` sends each chunk after the
+first only once the test has counted the previous one as received (`state.acks`), so a
+test can prove streaming without measuring time: a buffering proxy would deadlock.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from inference_endpoints.gateway.asgi import Receive, Scope, Send
+from inference_endpoints.adapters.gateway.asgi import Receive, Scope, Send
 
 JSON = (b"content-type", b"application/json")
 SSE = (b"content-type", b"text/event-stream; charset=utf-8")
@@ -35,6 +37,8 @@ class FakeState:
     completed: int = 0
     cancelled: int = 0
     bytes_received: int = 0
+    chunks_sent: int = 0  # SSE data events sent, all streams together
+    acks: int = 0  # lockstep streams: chunks the test says it received
     last_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,11 +104,12 @@ class FakeUpstream:
         ttft = float(query.get("ttft_ms", self.ttft_ms)) / 1000
         itl = float(query.get("itl_ms", self.itl_ms)) / 1000
         chunks = int(query.get("chunks", request.get("max_tokens", 16)))
+        lockstep = query.get("lockstep") == "1"
         state = self.state
         state.running += 1
         state.started += 1
         work = asyncio.ensure_future(
-            self._stream(send, chunks, ttft, itl) if request.get("stream")
+            self._stream(send, chunks, ttft, itl, lockstep) if request.get("stream")
             else self._json(send, ttft))
         hangup = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
@@ -130,18 +135,23 @@ class FakeUpstream:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
         await _send(send, 200, body)
 
-    async def _stream(self, send: Send, chunks: int, ttft: float, itl: float) -> None:
+    async def _stream(self, send: Send, chunks: int, ttft: float, itl: float,
+                      lockstep: bool = False) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [SSE]})
         if ttft:
             await asyncio.sleep(ttft)
+        acks = self.state.acks
         for i in range(chunks):
             if i and itl:
                 await asyncio.sleep(itl)
+            while lockstep and self.state.acks - acks < i:
+                await asyncio.sleep(0.005)
             event = {"id": "cmpl-fake", "object": "text_completion", "model": self.model,
                      "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}],
                      "t": time.time()}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + json.dumps(event).encode() + b"\n\n"})
+            self.state.chunks_sent += 1
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 

@@ -3,7 +3,7 @@
 
 Everything binds to 127.0.0.1, runs a bounded number of requests under a deadline,
 and stops what it started (by PID). The gateway runs as its own process, exactly as
-the stack starts it (`python -m inference_endpoints.gateway.server`), in front of a
+the stack starts it (`python -m inference_endpoints.adapters.gateway.server`), in front of a
 throwaway SQLite registry holding one endpoint that points at the backend.
 
 Figures: added latency p50/p99 (gateway minus direct, non-streaming) at concurrency
@@ -35,8 +35,8 @@ import aiohttp
 import httpx
 import psutil
 
-from inference_endpoints.models import Checkpoint, Endpoint
-from inference_endpoints.registry import Registry
+from inference_endpoints.persistence.models import Checkpoint, Endpoint
+from inference_endpoints.persistence.registry import Registry
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 900.0  # the whole measurement stops by itself after this
@@ -365,7 +365,7 @@ def main() -> None:
         env = {**os.environ, "IE_DATA_DIR": str(work), "IE_GATEWAY_PORT": str(gw_port),
                "IE_GATEWAY_HOST": "127.0.0.1"}
         env.pop("DATABASE_URL", None)
-        gateway_proc = spawn([sys.executable, "-m", "inference_endpoints.gateway.server",
+        gateway_proc = spawn([sys.executable, "-m", "inference_endpoints.adapters.gateway.server",
                               "--log-level", "warning"], work / "gateway.log", env)
         procs.append(gateway_proc)
         gw_url = f"http://127.0.0.1:{gw_port}"

@@ -30,10 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from inference_endpoints import checkpoint_lifecycle as lifecycle
-from inference_endpoints.collector import DEFAULT_MAX_CANDIDATES
-from inference_endpoints.db import get_engine, scratch_postgres
-from inference_endpoints.gc import (
+from inference_endpoints.core.gc import (
     Action,
     Evidence,
     RunFact,
@@ -43,7 +40,10 @@ from inference_endpoints.gc import (
     plan,
     runs_to_read,
 )
-from inference_endpoints.registry import Registry
+from inference_endpoints.persistence import checkpoint_lifecycle as lifecycle
+from inference_endpoints.persistence.db import get_engine, scratch_postgres
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.collector import DEFAULT_MAX_CANDIDATES
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CKPT_COLS = ("id", "org_id", "name", "kind", "base_model", "location", "size_bytes", "digest",

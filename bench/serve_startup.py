@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ def _configure_env(data_dir: Path) -> None:
     os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    os.environ["PREFECT_API_AUTH_STRING"] = f"ie:{secrets.token_urlsafe(16)}"  # the server requires it
 
 
 def _wait_health(url: str, timeout_s: float = 300) -> None:
@@ -96,8 +98,8 @@ def bare_run(engine_python: str, model_dir: Path, args: list[str], log: Path) ->
 
 def _demo_args(registry: Any, org_id: str, create: Any, stop: Any) -> list[str]:
     """The engine arguments the stack renders for the demo (one untimed create, then stop)."""
-    from inference_endpoints.serving_config import ServingSpec
-    from inference_endpoints.status import Precision
+    from inference_endpoints.core.serving_config import ServingSpec
+    from inference_endpoints.core.status import Precision
 
     create(name="bench-args", checkpoint="demo-tiny-llama", instance="cpu-dev", max_context=1024,
            precision=Precision.FLOAT32)
@@ -119,13 +121,14 @@ def main() -> None:
     from rich.table import Table
 
     from deployments.apply import apply_all
-    from inference_endpoints.demo import default_demo_dir, make_demo
-    from inference_endpoints.operations import register_checkpoint
-    from inference_endpoints.registry import Registry
+    from inference_endpoints.core.status import Precision
+    from inference_endpoints.localstack.demo import default_demo_dir, make_demo
+    from inference_endpoints.localstack.stack import LocalStack, engine_python_default
+    from inference_endpoints.persistence.registry import Registry
+    from inference_endpoints.persistence.store import LocalCheckpointStore
+    from inference_endpoints.services.import_roots import SourcePolicy
+    from inference_endpoints.services.operations import register_checkpoint
     from inference_endpoints.settings import Settings
-    from inference_endpoints.stack import LocalStack, engine_python_default
-    from inference_endpoints.status import Precision
-    from inference_endpoints.store import LocalCheckpointStore
     from tests.e2e.engine_tools import alive, process_tree
 
     console = Console()
@@ -145,7 +148,7 @@ def main() -> None:
         stack.start_worker("cpu-dev")
         demo = make_demo(default_demo_dir())
         register_checkpoint(registry, LocalCheckpointStore(settings.store_root), org.id, demo.full,
-                            "demo-tiny-llama")
+                            "demo-tiny-llama", sources=SourcePolicy.from_settings(settings))
         from flows.create_endpoint import create_endpoint
         from flows.stop_endpoint import stop_endpoint
 

@@ -7,15 +7,20 @@ Registered with `prefect block register -m blocks.settings_blocks`; documents na
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.runtime.kubernetes import KubeCluster
-from inference_endpoints.store import LocalCheckpointStore
+from inference_endpoints.adapters.k8s_manifest import dns_label, parse_cidrs, parse_labels
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.adapters.runtime.kubernetes import KubeCluster
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.settings import Settings
 
 
 class RegistryDatabase(Block):
@@ -40,11 +45,21 @@ class CheckpointStoreConfig(Block):
 
     kind: str = Field(default="local", description="Store implementation (local)")
     root: str = Field(description="Filesystem root of the store")
+    imports_root: str = Field(default="", description="Parent of the organizations' drop folders "
+                              "(`<imports_root>/<org>`, import roots all); empty: `$IE_DATA_DIR/imports`")
 
     def open_store(self) -> LocalCheckpointStore:
         if self.kind != "local":
             raise ValueError(f"unknown checkpoint store kind {self.kind!r}")
         return LocalCheckpointStore(Path(self.root))
+
+    def source_policy(self) -> SourcePolicy:
+        """Where organizations may register checkpoints from, as the flows on this host see it."""
+        settings = Settings()
+        policy = SourcePolicy.from_settings(settings, store_root=Path(self.root))
+        if self.imports_root:
+            policy = replace(policy, imports_dir=Path(self.imports_root))
+        return policy
 
 
 class EngineHost(Block):
@@ -70,6 +85,35 @@ class EngineHost(Block):
                            "engine Secrets")
     checkpoint_pvc: str = Field(default="inference-endpoints-checkpoints",
                                 description="Kubernetes pools: PVC holding the checkpoint store")
+    control_plane_cidrs: str = Field(
+        default="", description="Kubernetes pools: comma-separated addresses or CIDRs of the control "
+        "plane's hosts (the gateway and Prometheus, as the engine pods see them, e.g. "
+        "10.0.0.5,10.0.1.0/24). Each endpoint's NetworkPolicy lets only these, the pods below and "
+        "the endpoint's own pods reach its engine; one of the two is required")
+    control_plane_pod_labels: str = Field(
+        default="", description="Kubernetes pools: labels (key=value,...) of control-plane pods in "
+        "the cluster (gateway, Prometheus) the engines' NetworkPolicy also admits; empty: none")
+    control_plane_namespace: str = Field(
+        default="", description="Kubernetes pools: namespace of those pods (empty: the engines' namespace)")
+
+    @field_validator("control_plane_cidrs")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        parse_cidrs(value, "EngineHost.control_plane_cidrs")
+        return value
+
+    @field_validator("control_plane_pod_labels")
+    @classmethod
+    def _pod_labels(cls, value: str) -> str:
+        parse_labels(value, "EngineHost.control_plane_pod_labels")
+        return value
+
+    @field_validator("control_plane_namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if value and dns_label(value) != value:
+            raise ValueError(f"EngineHost.control_plane_namespace: {value!r} is not a namespace name")
+        return value
 
     def runtime_for(self, instance_runtime: str) -> str:
         return self.runtime or instance_runtime
@@ -81,3 +125,10 @@ class EngineHost(Block):
 
     def cluster(self) -> KubeCluster:
         return KubeCluster(self.kubeconfig, self.namespace, self.kube_context)
+
+    def control_plane_peers(self) -> dict[str, Any]:
+        """Who may reach this pool's engines: the keyword arguments of
+        `k8s_manifest.render_engine_network_policy`."""
+        return {"control_plane_cidrs": parse_cidrs(self.control_plane_cidrs),
+                "control_plane_pods": parse_labels(self.control_plane_pod_labels),
+                "control_plane_namespace": self.control_plane_namespace}

@@ -45,7 +45,8 @@ def save_blocks(settings: Settings, engine_python: str) -> None:
     for block_type in (RegistryDatabase, CheckpointStoreConfig, EngineHost):
         block_type.register_type_and_schema()
     RegistryDatabase(url=settings.db_url).save("default", overwrite=True)
-    CheckpointStoreConfig(root=str(settings.store_root)).save("default", overwrite=True)
+    CheckpointStoreConfig(root=str(settings.store_root),
+                          imports_root=str(settings.imports_dir)).save("default", overwrite=True)
     EngineHost(
         engine_python=engine_python,
         backend_host=settings.backend_host,

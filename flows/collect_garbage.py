@@ -15,7 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
-from inference_endpoints.collector import DEFAULT_MAX_CANDIDATES, Report, Result, collect, probe_backends
+from inference_endpoints.adapters.health import probe_backends
+from inference_endpoints.services.collector import DEFAULT_MAX_CANDIDATES, Report, Result, collect
 from tasks.context import load_context
 from tasks.gc_tasks import PrefectRunStates, default_lease_grace_s
 

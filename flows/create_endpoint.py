@@ -1,35 +1,37 @@
-"""create-endpoint: validate → render → record + lease → submit the serve run → wait until healthy.
+"""create-endpoint: validate → render → record (endpoint, first serve run, leases) → reconcile → ready.
 
-The same flow runs from `endpoints create`, the Prefect UI's run form and
-`prefect deployment run 'create-endpoint/default' -p ...`. Any failure after the
-endpoint was recorded cancels the serve run, releases the lease and leaves the
-endpoint `failed` with a reason; a rejected request writes nothing at all.
+The same flow runs from `endpoints create`, the console, the Prefect UI's run form and
+`prefect deployment run 'create-endpoint/default' -p ...`. It records the *intent* and
+kicks the one reconciler for this endpoint, then follows it until the stable URL itself
+serves. It decides nothing about the serve run: if this flow (or the CLI following it)
+dies, the scheduled reconcile finishes the start or fails it with a reason within the
+startup timeout. A rejected request writes nothing at all.
 """
 
 from __future__ import annotations
 
 import time
 
+import httpx
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.health import Probe, probe
-from inference_endpoints.models import Endpoint
-from inference_endpoints.operations import plan_create
-from inference_endpoints.registry import Registry
-from inference_endpoints.status import EndpointStatus, Precision, Quantization, ReasonCode
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence.models import Endpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.operations import plan_create
+from inference_endpoints.settings import Settings
+from inference_endpoints.urls import endpoint_urls
 from tasks.context import load_context, load_engine_host
-from tasks.kubernetes import prepare_serve_job
-from tasks.runs import is_final, run_state, submit_serve_run
-from tasks.teardown import end_serve_run
+from tasks.orchestration import reconcile_now
 
-POLL_S = 0.2
-RUN_STATE_EVERY_S = 1.0
+FOLLOW_S = 0.5
+RECONCILE_EVERY_S = 2.0
+STABLE_URL_WAIT_S = 15.0
 
 
 class EndpointFailed(RuntimeError):
@@ -38,7 +40,7 @@ class EndpointFailed(RuntimeError):
 
 @task(cache_policy=NO_CACHE)
 def record(registry: Registry, org_name: str, request: CreateRequest,
-           idempotency_key: str | None) -> Endpoint:
+           idempotency_key: str | None, startup_timeout_s: int | None = None) -> Endpoint:
     """Validate, render and record the endpoint with its lease, or reuse the idempotent one."""
     org = registry.get_org_by_name(org_name)
     if org is None:
@@ -55,10 +57,13 @@ def record(registry: Registry, org_name: str, request: CreateRequest,
         return host.model_root(runtime, endpoint_id)
 
     plan = plan_create(registry, org.id, request, model_root)
-    return registry.record_endpoint(
+    endpoint = registry.record_endpoint(
         org.id, plan.request, plan.spec, endpoint_id=plan.endpoint_id,
         idempotency_key=idempotency_key, create_run_id=_own_run_id(),
     )
+    if startup_timeout_s:
+        registry.update_endpoint(endpoint.id, startup_timeout_s=startup_timeout_s)
+    return endpoint
 
 
 def _own_run_id() -> str | None:
@@ -66,32 +71,43 @@ def _own_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
-def wait_until_healthy(registry: Registry, endpoint_id: str, timeout_s: float) -> Endpoint:
-    """Follow the phases: deploying (run scheduled/pending) → loading → healthy."""
+def stable_url_serves(endpoint: Endpoint, org: str, timeout_s: float = STABLE_URL_WAIT_S) -> bool:
+    """Until the gateway routes to the endpoint (its route table refreshes on its own clock)."""
+    health = f"{endpoint_urls(endpoint.name, org, Settings()).path_url}/health"
     deadline = time.monotonic() + timeout_s
-    next_state_check = 0.0
-    state: StateType | None = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(health, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def follow(registry: Registry, endpoint_id: str, org: str) -> Endpoint:
+    """Kick the reconciler for this endpoint until it is healthy, stopped or failed."""
+    logger = get_run_logger()
+    next_reconcile = 0.0
     while True:
-        endpoint = registry.get_endpoint(endpoint_id)
-        assert endpoint is not None
-        status = EndpointStatus(endpoint.status)
-        if status in (EndpointStatus.HEALTHY, EndpointStatus.STOPPING, EndpointStatus.STOPPED,
-                      EndpointStatus.FAILED):
-            return endpoint
-        if endpoint.backend_url and probe(endpoint.backend_url, 1.0) == Probe.HEALTHY:
-            registry.transition(endpoint_id, EndpointStatus.HEALTHY, message="backend answers /health",
-                                expected_run=endpoint.serve_run_id)
-            continue
         now = time.monotonic()
-        if endpoint.serve_run_id and now >= next_state_check:
-            next_state_check = now + RUN_STATE_EVERY_S
-            state = run_state(endpoint.serve_run_id)
-            if is_final(state):
-                raise EndpointFailed(f"the serve run ended ({state}) before the endpoint was healthy")
-        if now >= deadline:
-            phase = "loading" if status == EndpointStatus.LOADING else "deploying"
-            raise TimeoutError(phase)
-        time.sleep(POLL_S)
+        if now >= next_reconcile:
+            next_reconcile = now + RECONCILE_EVERY_S
+            try:
+                reconcile_now(registry, [endpoint_id], log=logger.info)
+            except Exception as exc:  # Prefect hiccup: the next kick (or the scheduled pass) retries
+                logger.warning("reconcile for %s deferred: %s", endpoint_id, exc)
+        endpoint = registry.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise EndpointFailed("the endpoint was removed while it was being created")
+        status = EndpointStatus(endpoint.status)
+        if status == EndpointStatus.HEALTHY:
+            if not stable_url_serves(endpoint, org):
+                logger.warning("%s is healthy but its stable URL did not answer yet", endpoint.name)
+            return endpoint
+        if status in (EndpointStatus.FAILED, EndpointStatus.STOPPED):
+            return endpoint
+        time.sleep(FOLLOW_S)
 
 
 @flow(name="create-endpoint")
@@ -109,50 +125,15 @@ def create_endpoint(
     startup_timeout_s: int | None = Field(default=None,
                                           description="Override the instance's startup timeout"),
 ) -> str:
-    """Create an endpoint and wait until it is healthy; returns the endpoint id."""
+    """Create an endpoint and wait until its stable URL serves; returns the endpoint id."""
     logger = get_run_logger()
-    ctx = load_context()
-    registry = ctx.registry
+    registry = load_context().registry
     request = CreateRequest(name, checkpoint, instance, max_context,
                             Precision(precision).value, Quantization(quantization).value)
-    endpoint = record(registry, org, request, idempotency_key)
-    if EndpointStatus(endpoint.status).is_terminal:
-        return endpoint.id
-    spec_instance = registry.instances()[endpoint.instance]
-    if endpoint.serve_run_id is None:
-        assert endpoint.serving_config_json is not None
-        try:
-            job = prepare_serve_job(registry, endpoint, endpoint.serving_config_json)
-            run_id = submit_serve_run(endpoint.id, org, endpoint.name, spec_instance.work_pool,
-                                      job_variables=job)
-        except Exception as exc:  # nothing is serving yet: release the lease, say why
-            _fail(registry, endpoint.id, ReasonCode.DEPLOY_FAILED,
-                  f"could not submit the serve run to pool {spec_instance.work_pool}: {exc}")
-        registry.update_endpoint(endpoint.id, serve_run_id=run_id)
-        registry.set_lease_run(endpoint.id, run_id)
-        registry.transition(endpoint.id, EndpointStatus.DEPLOYING,
-                            message=f"serve run {run_id} submitted to pool {spec_instance.work_pool}")
-    timeout = startup_timeout_s or spec_instance.startup_timeout_s
-    try:
-        endpoint = wait_until_healthy(registry, endpoint.id, timeout)
-    except TimeoutError as exc:
-        phase = str(exc)
-        reason = ReasonCode.HEALTH_TIMEOUT if phase == "loading" else ReasonCode.DEPLOY_TIMEOUT
-        _fail(registry, endpoint.id, reason, f"not healthy after {timeout} s (still {phase})")
-    except EndpointFailed as exc:
-        _fail(registry, endpoint.id, ReasonCode.ENGINE_EXITED, str(exc))
-    status = EndpointStatus(endpoint.status)
-    if status == EndpointStatus.FAILED:
-        # The serve run reported the failure (e.g. the engine exited); finish the cleanup.
-        end_serve_run(registry, endpoint.id, final=EndpointStatus.FAILED,
-                      reason=ReasonCode(endpoint.reason_code or ReasonCode.ENGINE_EXITED),
-                      message=endpoint.reason_message or "failed")
-        raise EndpointFailed(f"{endpoint.name} failed: {endpoint.reason_message}")
-    if status == EndpointStatus.HEALTHY:
-        logger.info("endpoint %s is healthy at %s", endpoint.name, endpoint.backend_url)
+    endpoint = record(registry, org, request, idempotency_key, startup_timeout_s)
+    endpoint = follow(registry, endpoint.id, org)
+    if endpoint.status != EndpointStatus.HEALTHY:
+        raise EndpointFailed(f"{endpoint.name} {endpoint.status}: {endpoint.reason_code}: "
+                             f"{endpoint.reason_message}")
+    logger.info("endpoint %s is healthy at %s", endpoint.name, endpoint.backend_url)
     return endpoint.id
-
-
-def _fail(registry: Registry, endpoint_id: str, reason: ReasonCode, message: str) -> None:
-    end_serve_run(registry, endpoint_id, final=EndpointStatus.FAILED, reason=reason, message=message)
-    raise EndpointFailed(message)

@@ -18,20 +18,18 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.create_endpoint import create_endpoint
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.health import Probe, answers, probe
-from inference_endpoints.models import Checkpoint, Endpoint
-from inference_endpoints.operations import register_checkpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.serving_config import render
-from inference_endpoints.status import EndpointStatus, Precision
-from inference_endpoints.store import LocalCheckpointStore
-from inference_endpoints.validation import CreateRequest, validate_create
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.lifecycle import Purpose, Role
+from inference_endpoints.core.serving_config import render
+from inference_endpoints.core.status import EndpointStatus, Precision
+from inference_endpoints.core.validation import CreateRequest, validate_create
+from inference_endpoints.persistence.models import Checkpoint, Endpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.operations import register_checkpoint
 from tasks.context import load_context, load_engine_host
-from tasks.kubernetes import prepare_serve_job
-from tasks.runs import cancel_run, is_final, run_state, submit_serve_run
-
-DRAIN_S = 3.0  # let the gateway see the switch and in-flight requests finish
+from tasks.orchestration import reconcile_now
 
 
 def _blank(value: str | None) -> str | None:
@@ -44,80 +42,68 @@ def job_name(job_id: str) -> str:
 
 
 def register_once(registry: Registry, store: LocalCheckpointStore, org_id: str, name: str,
-                  path: Path, base: str | None) -> Checkpoint:
-    """Idempotent per job: a replayed event finds the checkpoint it registered before."""
+                  path: Path, base: str | None, sources: SourcePolicy) -> Checkpoint:
+    """Idempotent per job: a replayed event finds the checkpoint it registered before.
+
+    The path must be inside the organization's import roots, as for any registration.
+    """
     existing = registry.find_checkpoint(org_id, name)
     if existing is not None:
         return existing
-    return register_checkpoint(registry, store, org_id, path, name, base)
+    return register_checkpoint(registry, store, org_id, path, name, base, sources=sources)
+
+
+def _own_flow_run() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
 
 
 def rolling_replace(registry: Registry, endpoint: Endpoint, checkpoint: Checkpoint, org: str) -> str:
-    """Bring the new checkpoint up next to the live run, switch traffic, stop the old run."""
+    """Record a replacement (a candidate serve run on the new checkpoint) and follow it.
+
+    The reconciler submits it, promotes it once it is ready (the stable URL switches),
+    then drains and stops the old run. If this flow dies, the scheduled reconcile goes on;
+    if the endpoint is stopped meanwhile, the candidate is stopped with it.
+    """
     logger = get_run_logger()
     if endpoint.checkpoint_id == checkpoint.id:
         return "already serving this checkpoint"
-    if endpoint.status != EndpointStatus.HEALTHY or endpoint.serve_run_id is None:
+    if endpoint.status != EndpointStatus.HEALTHY or endpoint.live_run is None:
         raise RequestInvalid.single("endpoint_not_healthy", "endpoint",
                                     f"Endpoint {endpoint.name} is {endpoint.status}; only a healthy "
                                     "endpoint can be moved to a new checkpoint.",
                                     "Wait until it is healthy, or create a new endpoint.")
     instance = registry.instances()[endpoint.instance]
     host = load_engine_host(instance.work_pool)
-    generation = endpoint.generation + 1
     view = registry.checkpoint_view(endpoint.org_id, checkpoint.id)
     validated = validate_create(
         CreateRequest(endpoint.name, checkpoint.id, endpoint.instance, endpoint.max_context,
                       endpoint.precision, endpoint.quantization),
         checkpoint=view, name_taken=False, instances=registry.instances())
+    old_live = endpoint.live_run
+    generation = max((r.generation for r in registry.runs.of(endpoint.id)), default=0) + 1
     root = host.model_root(instance.runtime, endpoint.id, generation)
     spec = render(validated, model_root=root, api_key=endpoint.backend_api_key or "")
-    old_run = endpoint.serve_run_id
-    job = prepare_serve_job(registry, endpoint, spec.to_json(), generation)
-    new_run = submit_serve_run(endpoint.id, org, endpoint.name, instance.work_pool, generation,
-                               "replace", job)
-    leased = [validated.checkpoint] + ([validated.checkpoint.base] if validated.checkpoint.base else [])
-    registry.lease_for_candidate(endpoint.id, endpoint.name, leased, new_run)
-    registry.update_endpoint(endpoint.id, candidate_run_id=new_run, candidate_checkpoint_id=checkpoint.id,
-                             candidate_config_json=spec.to_json(), candidate_backend_url=None)
+    candidate = registry.runs.add_run(endpoint.id, Role.CANDIDATE, Purpose.REPLACE,
+                                      expected_live=old_live, checkpoint_id=checkpoint.id,
+                                      config_json=spec.to_json(), requested_by=_own_flow_run())
+    if candidate is None:
+        raise RuntimeError(f"{endpoint.name} changed (or is already being replaced); not replaced")
     registry.record_activity(endpoint.id, "replacing",
-                             f"bringing up checkpoint {checkpoint.name} as serve run {new_run}")
-    deadline = time.monotonic() + instance.startup_timeout_s
-    while True:
-        current = registry.get_endpoint(endpoint.id)
-        assert current is not None
-        url = current.candidate_backend_url
-        if url and probe(url, 1.0) == Probe.HEALTHY:
-            break
-        if is_final(run_state(new_run)) or time.monotonic() > deadline:
-            _abandon(registry, endpoint.id, new_run, url)
-            raise RuntimeError(f"the replacement for {endpoint.name} did not become healthy; "
-                               "the endpoint keeps serving its current checkpoint")
-        time.sleep(0.25)
-    if not registry.promote_candidate(endpoint.id, old_run):
-        _abandon(registry, endpoint.id, new_run, url)
-        raise RuntimeError(f"{endpoint.name} changed while it was being replaced; replacement abandoned")
-    logger.info("traffic of %s switched to %s; draining the old run", endpoint.name, checkpoint.name)
-    time.sleep(DRAIN_S)
-    old_url = endpoint.backend_url
-    cancel_run(old_run, "replaced by a new checkpoint")
-    deadline = time.monotonic() + 60
+                             f"bringing up checkpoint {checkpoint.name} as serve run {candidate.id}")
+    deadline = time.monotonic() + instance.startup_timeout_s + 60
     while time.monotonic() < deadline:
-        if is_final(run_state(old_run)) and not answers(old_url, 0.5):
-            registry.release_run_leases(old_run)
-            break
-        time.sleep(0.25)
-    return f"replaced: now serving {checkpoint.name}"
-
-
-def _abandon(registry: Registry, endpoint_id: str, run_id: str, url: str | None) -> None:
-    cancel_run(run_id, "replacement abandoned")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (is_final(run_state(run_id)) and not answers(url, 0.5)):
-        time.sleep(0.25)
-    registry.release_run_leases(run_id)
-    registry.update_endpoint(endpoint_id, candidate_run_id=None, candidate_backend_url=None,
-                             candidate_checkpoint_id=None, candidate_config_json=None)
+        reconcile_now(registry, [endpoint.id], log=logger.info)
+        current = registry.get_endpoint(endpoint.id)
+        old = registry.runs.get(old_live)
+        if current is None or (current.live_run != candidate.id and current.candidate_run != candidate.id):
+            raise RuntimeError(f"the replacement for {endpoint.name} did not become ready; "
+                               "the endpoint keeps serving its current checkpoint")
+        if current.live_run == candidate.id and old is not None and old.ended_at is not None:
+            return f"replaced: now serving {checkpoint.name}"
+        time.sleep(0.5)
+    return f"replacement of {endpoint.name} is still in progress; the reconciler finishes it"
 
 
 @flow(name="on-finetune-completed")
@@ -144,7 +130,7 @@ def on_finetune_completed(
     job = job_name(job_id)
     name = _blank(checkpoint_name) or f"ft-{job}"
     checkpoint = register_once(registry, ctx.store, org_row.id, name, Path(checkpoint_path),
-                               _blank(base_model))
+                               _blank(base_model), ctx.sources)
     logger.info("checkpoint %s (%s) registered for job %s", checkpoint.name, checkpoint.id, job)
     chosen = (_blank(policy) or "none").lower()
     target = _blank(endpoint) or f"ft-{job}"

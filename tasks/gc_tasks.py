@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from inference_endpoints.collector import RunStatesUnavailable, chunks
-from inference_endpoints.gc import RunFact, RunState
-from inference_endpoints.registry import Registry
+from inference_endpoints.core.gc import RunFact, RunState
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.collector import RunStatesUnavailable, chunks
 
 FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 BATCH = 200  # the API's default page limit

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_endpoints.db import scratch_postgres
-from inference_endpoints.registry import Registry
+from inference_endpoints.persistence.db import scratch_postgres
+from inference_endpoints.persistence.registry import Registry
+from tests.fake_kube_api import FakeKubeApi
 from tests.session_env import SESSION  # sets PREFECT_* before any Prefect import
+from tests.skip_guard import install as install_skip_guard
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -32,10 +34,23 @@ def registry(db_url: str) -> Registry:
 
 
 @pytest.fixture
+def fake_api() -> Iterator[FakeKubeApi]:
+    """The FAKE Kubernetes API server (no cluster can run here), started on a free port."""
+    api = FakeKubeApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
 def sqlite_registry(tmp_path: Path) -> Registry:
     reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     reg.init(default_org="default")
     return reg
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No silent skips: a skip whose reason is not on tests/skip_allowlist.txt fails the run."""
+    install_skip_guard(config)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

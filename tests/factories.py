@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from inference_endpoints.facts import CheckpointFacts, LoraFacts
-from inference_endpoints.status import CheckpointKind
-from inference_endpoints.validation import CheckpointView
+from inference_endpoints.core.facts import CheckpointFacts, LoraFacts
+from inference_endpoints.core.status import CheckpointKind
+from inference_endpoints.core.validation import CheckpointView
 
 LLAMA3_8B = CheckpointFacts(
     kind=CheckpointKind.FULL,

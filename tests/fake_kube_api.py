@@ -1,9 +1,11 @@
 """FAKE Kubernetes API server: stands in for a cluster, which cannot run on these machines.
 
-It answers the few core/v1 calls the control plane makes through the real `kubernetes`
-client (Secrets: create, read, replace, delete; a pod's container log) the way the API
-server does: JSON objects, `Status` errors with 404/409, `stringData` turned into base64
-`data`. Everything else is a 404. Bound to 127.0.0.1 on a free port; `kubeconfig()` writes a
+It answers the few calls the control plane makes through the real `kubernetes` client
+(Secrets and networking.k8s.io/v1 NetworkPolicies: create, read, replace, delete; a pod's
+container log) the way the API server does: JSON objects, `Status` errors with 404 (read,
+replace or delete of a missing object), 409 (create of an existing one) and 400 (a replace
+whose body names another object), `stringData` turned into base64 `data`. Everything else is
+a 404. Bound to 127.0.0.1 on a free port; `kubeconfig()` writes a
 kubeconfig file pointing at it.
 """
 
@@ -19,14 +21,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 _SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+_POLICIES = re.compile(r"^/apis/networking\.k8s\.io/v1/namespaces/([^/]+)/networkpolicies(?:/([^/]+))?$")
 _POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 
 
 class FakeKubeApi:
-    """In-memory Secrets and pod logs behind an HTTP server (FAKE: no cluster here)."""
+    """In-memory Secrets, NetworkPolicies and pod logs behind an HTTP server (FAKE: no cluster here)."""
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.network_policies: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str, str], list[str]] = {}  # (namespace, pod, container)
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -64,14 +68,15 @@ class FakeKubeApi:
             return None
         return base64.b64decode(secret["data"][key]).decode()
 
-    def _store(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _stored(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The object as the API server keeps it (a Secret's `stringData` becomes `data`)."""
         body = dict(body)
-        data = dict(body.get("data") or {})
-        for key, value in (body.pop("stringData", None) or {}).items():
-            data[key] = base64.b64encode(value.encode()).decode()
-        body["data"] = data
+        if plural == "secrets":
+            data = dict(body.get("data") or {})
+            for key, value in (body.pop("stringData", None) or {}).items():
+                data[key] = base64.b64encode(value.encode()).decode()
+            body["data"] = data
         body["metadata"] = {**body.get("metadata", {}), "namespace": namespace}
-        self.secrets[(namespace, body["metadata"]["name"])] = body
         return body
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -103,9 +108,13 @@ class FakeKubeApi:
                 with api._lock:
                     api.requests.append((method, url.path))
                     secrets = _SECRETS.match(url.path)
+                    policies = _POLICIES.match(url.path)
                     log = _POD_LOG.match(url.path)
                     if secrets:
-                        self._secrets(method, secrets.group(1), secrets.group(2))
+                        self._objects(api.secrets, "secrets", method, *secrets.groups())
+                    elif policies:
+                        self._objects(api.network_policies, "networkpolicies", method,
+                                      *policies.groups())
                     elif log and method == "GET":
                         ns, pod = log.groups()
                         container = parse_qs(url.query).get("container", [""])[0]
@@ -119,22 +128,28 @@ class FakeKubeApi:
                     else:
                         self._status(404, "NotFound", f"the server could not find {url.path}")
 
-            def _secrets(self, method: str, ns: str, name: str | None) -> None:
-                if method == "POST" and name is None:
-                    body = self._body()
+            def _objects(self, store: dict[tuple[str, str], dict[str, Any]], plural: str,
+                         method: str, ns: str, name: str | None) -> None:
+                kind = f"{plural}.networking.k8s.io" if plural == "networkpolicies" else plural
+                body = self._body() if method in ("POST", "PUT") else {}
+                if method == "PUT" and body.get("metadata", {}).get("name") != name:
+                    self._status(400, "BadRequest", "the name of the object does not match the URL")
+                elif method == "POST" and name is None:
                     key = (ns, body["metadata"]["name"])
-                    if key in api.secrets:
-                        self._status(409, "AlreadyExists", f'secrets "{key[1]}" already exists')
+                    if key in store:
+                        self._status(409, "AlreadyExists", f'{kind} "{key[1]}" already exists')
                     else:
-                        self._send(201, api._store(ns, body))
-                elif name is not None and (ns, name) not in api.secrets:
-                    self._status(404, "NotFound", f'secrets "{name}" not found')
+                        store[key] = api._stored(plural, ns, body)
+                        self._send(201, store[key])
+                elif name is not None and (ns, name) not in store:
+                    self._status(404, "NotFound", f'{kind} "{name}" not found')
                 elif method == "GET" and name is not None:
-                    self._send(200, api.secrets[(ns, name)])
+                    self._send(200, store[(ns, name)])
                 elif method == "PUT" and name is not None:
-                    self._send(200, api._store(ns, self._body()))
+                    store[(ns, name)] = api._stored(plural, ns, body)
+                    self._send(200, store[(ns, name)])
                 elif method == "DELETE" and name is not None:
-                    api.secrets.pop((ns, name))
+                    store.pop((ns, name))
                     self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 else:
                     self._status(405, "MethodNotAllowed", f"{method} not allowed")

@@ -14,15 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_endpoints.collector import RunStatesUnavailable
-from inference_endpoints.gc import RunFact, RunState
-from inference_endpoints.models import Checkpoint, Endpoint, new_id
-from inference_endpoints.operations import plan_create, register_checkpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.store import LocalCheckpointStore, _make_read_only
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.core.gc import RunFact, RunState
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence.models import Checkpoint, Endpoint, new_id
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore, _make_read_only
+from inference_endpoints.services.collector import RunStatesUnavailable
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.operations import plan_create, register_checkpoint
 from tests.archs import write_lora, write_tiny_llama
+from tests.sources import allow, policy_for
 
 ENDED = {"Completed", "Failed", "Crashed", "Cancelled"}
 
@@ -98,6 +100,7 @@ class GcWorld:
     store: CountingStore
     org_id: str
     tmp: Path
+    sources: SourcePolicy
     prefect: FakePrefect = field(default_factory=FakePrefect)
     backends: FakeBackends = field(default_factory=FakeBackends)
 
@@ -105,15 +108,18 @@ class GcWorld:
     def make(cls, registry: Registry, tmp: Path) -> GcWorld:
         org = registry.get_org_by_name("default")
         assert org is not None
-        return cls(registry, CountingStore(tmp / "store"), org.id, tmp)
+        store = CountingStore(tmp / "store")
+        # `tmp/src` is an import root of the organization, added the CLI's way.
+        sources = allow(registry, policy_for(tmp, store.root), org.id, tmp / "src")
+        return cls(registry, store, org.id, tmp, sources)
 
     def register_full(self, name: str) -> Checkpoint:
         src = write_tiny_llama(self.tmp / "src" / name)
-        return register_checkpoint(self.registry, self.store, self.org_id, src, name)
+        return register_checkpoint(self.registry, self.store, self.org_id, src, name, sources=self.sources)
 
     def register_lora(self, name: str, base: str) -> Checkpoint:
         src = write_lora(self.tmp / "src" / name, base=base)
-        return register_checkpoint(self.registry, self.store, self.org_id, src, name)
+        return register_checkpoint(self.registry, self.store, self.org_id, src, name, sources=self.sources)
 
     def clone(self, template: Checkpoint, name: str, base_id: str | None = None) -> Checkpoint:
         """A new checkpoint with `template`'s facts and a tiny read-only directory (fast)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 from uuid import uuid4
 
@@ -52,3 +53,32 @@ def worker_manifest(variables: dict[str, Any], *, template: dict[str, Any] | Non
     config.prepare_for_flow_run(flow_run or FlowRun(id=uuid4(), flow_id=uuid4(), name="serve/acme/support-bot"))
     manifest: dict[str, Any] = config.job_manifest
     return manifest
+
+
+def kubelet_expand(value: str, env: Mapping[str, str] | None = None) -> str:
+    """What the kubelet makes of a container's command, arg or env value before it runs.
+
+    A port of Kubernetes' `third_party/forked/golang/expansion.Expand`: `$(NAME)` becomes the
+    variable's value (kept as written when undefined), `$$` becomes `$`, any other `$` stays.
+    """
+    env = env or {}
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        if value[i] != "$" or i + 1 == len(value):
+            out.append(value[i])
+            i += 1
+            continue
+        after = value[i + 1]
+        end = value.find(")", i + 2) if after == "(" else -1
+        if after == "$":
+            out.append("$")
+            i += 2
+        elif end != -1:
+            name = value[i + 2:end]
+            out.append(env.get(name, f"$({name})"))
+            i = end + 1
+        else:  # `$x`, or `$(` with no closing parenthesis
+            out.append(value[i:i + 2])
+            i += 2
+    return "".join(out)

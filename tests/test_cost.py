@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from inference_endpoints.console.traffic import TrafficSource
-from inference_endpoints.cost import (
+from inference_endpoints.adapters.console.traffic import TrafficSource
+from inference_endpoints.core.cost import (
     billing_end,
     billing_start,
     cost_so_far,

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peft
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-
-from inference_endpoints.demo import (  # noqa: E402
+from inference_endpoints.localstack.demo import (
     BASE_NAME,
     MARKER_FILE,
     DemoCheckpoints,

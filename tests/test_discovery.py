@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from inference_endpoints.gateway.server import serve_in_thread
-from inference_endpoints.metrics.config import MetricsConfig
-from inference_endpoints.metrics.discovery import (
+from inference_endpoints.adapters.gateway.server import serve_in_thread
+from inference_endpoints.adapters.metrics.config import MetricsConfig
+from inference_endpoints.adapters.metrics.discovery import (
     SD_PATH,
     create_app,
     get_metrics_config,
@@ -29,18 +29,19 @@ from inference_endpoints.metrics.discovery import (
     registry_targets,
     target_groups,
 )
-from inference_endpoints.metrics.exporter import start_exporter
-from inference_endpoints.metrics.prometheus import render_config
-from inference_endpoints.models import Checkpoint, Endpoint, utcnow
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime.base import EngineLabels
-from inference_endpoints.status import EndpointStatus
+from inference_endpoints.adapters.metrics.exporter import start_exporter
+from inference_endpoints.adapters.metrics.prometheus import render_config
+from inference_endpoints.adapters.runtime.base import EngineLabels
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.persistence.models import Checkpoint, Endpoint, utcnow
+from inference_endpoints.persistence.registry import Registry
+from tests.lifecycle_support import put_status
 from tests.prometheus_support import active_targets, running_prometheus, wait_for
 
 REFRESH_S = 1.0
-# Prometheus hands discovered targets to its scrape manager in batches every 5 s (a fixed
-# internal interval in 2.x), on top of the SD refresh interval.
-PROMETHEUS_BATCH_S = 5.0
+# Waits below only guard against a hang: how fast Prometheus follows (SD refresh plus its fixed
+# 5 s batching in 2.x) is measured by `python -m bench.propagation`, not asserted here.
+DEADLINE_S = 120.0
 
 
 def endpoint(name: str, status: str = "healthy", backend: str | None = "http://127.0.0.1:8001",
@@ -81,7 +82,8 @@ def test_endpoints_without_addresses_yet_are_skipped() -> None:
 
 
 def test_a_replacement_candidate_is_scraped_beside_the_live_engine() -> None:
-    groups = target_groups([endpoint("chat", candidate_backend_url="http://127.0.0.1:8009")], {})
+    chat = endpoint("chat")
+    groups = target_groups([chat], {}, {chat.id: "http://127.0.0.1:8009"})
     assert [g["targets"] for g in groups] == [["127.0.0.1:8001"], ["127.0.0.1:8009"]]
     assert {g["labels"]["endpoint"] for g in groups} == {"chat"}
 
@@ -114,8 +116,8 @@ def add_endpoint(registry: Registry, org_id: str, name: str, backend: str | None
 
 
 def stop(registry: Registry, endpoint_id: str) -> None:
-    assert registry.transition(endpoint_id, EndpointStatus.STOPPING)
-    assert registry.transition(endpoint_id, EndpointStatus.STOPPED)
+    assert put_status(registry, endpoint_id, EndpointStatus.STOPPING)
+    assert put_status(registry, endpoint_id, EndpointStatus.STOPPED)
 
 
 def client(registry: Registry, loopback_only: bool = True) -> TestClient:
@@ -201,15 +203,14 @@ def test_prometheus_follows_endpoints_starting_and_stopping(
     exporter = start_exporter(labels, lambda: [os.getpid()], "127.0.0.1")
     chat = add_endpoint(sqlite_registry, org.id, "chat", engines[0].url, exporter.url)
     config = render_config(sd.url + SD_PATH, None, scrape_interval_s=1, sd_refresh_s=REFRESH_S)
-    bound = REFRESH_S + 2 * PROMETHEUS_BATCH_S + 1  # worst case, plus a second of slack
     try:
         with running_prometheus(tmp_path / "prom", config) as prom:
-            wait_for(lambda: {("vllm", "chat"), ("accelerator", "chat")} <= scraped(prom).keys(), 30)
+            wait_for(lambda: {("vllm", "chat"), ("accelerator", "chat")} <= scraped(prom).keys(), DEADLINE_S)
             target = scraped(prom)[("vllm", "chat")]
             assert (target["org"], target["endpoint_id"]) == ("default", chat)
             # Samples carry the discovery labels, and the target's job replaces the SD job's name.
             query = 'vllm:num_requests_running{org="default",endpoint="chat"}'
-            wait_for(lambda: _has(prom, query), 10)
+            wait_for(lambda: _has(prom, query), DEADLINE_S)
             sample = httpx.get(f"{prom}/api/v1/query", params={"query": query}).json()[
                 "data"]["result"][0]
             assert sample["metric"]["job"] == "vllm" and sample["value"][1] == "3"
@@ -217,15 +218,15 @@ def test_prometheus_follows_endpoints_starting_and_stopping(
             names = set(httpx.get(f"{prom}/api/v1/label/__name__/values").json()["data"])
             assert {"vllm:prompt_tokens_total", "vllm:e2e_request_latency_seconds_bucket"} <= names
             assert not {n for n in names if n.startswith("vllm_") or n.endswith("_created")}
-            wait_for(lambda: _has(prom, 'ie_device_memory_used_bytes{endpoint="chat",device="cpu"}'), 15)
+            wait_for(lambda: _has(prom, 'ie_device_memory_used_bytes{endpoint="chat",device="cpu"}'), DEADLINE_S)
 
             started = time.monotonic()
             add_endpoint(sqlite_registry, org.id, "fresh", engines[1].url)
-            appeared = wait_for(lambda: ("vllm", "fresh") in scraped(prom), bound)
+            appeared = wait_for(lambda: ("vllm", "fresh") in scraped(prom), DEADLINE_S)
             stop(sqlite_registry, chat)
             gone = wait_for(lambda: not {("vllm", "chat"), ("accelerator", "chat")}
                             & {(t["labels"]["job"], t["labels"]["endpoint"]) for t in active_targets(prom)},
-                            bound)
+                            DEADLINE_S)
             print(f"\n[discovery] new endpoint scraped after {appeared:.1f} s, stopped one dropped "
                   f"after {gone:.1f} s (SD refresh {REFRESH_S:.0f} s; total {time.monotonic() - started:.1f} s)")
             assert ("vllm", "fresh") in scraped(prom)

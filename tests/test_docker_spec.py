@@ -15,10 +15,9 @@ import docker
 import pytest
 from docker.types import DeviceRequest, Mount
 
-from inference_endpoints.catalog import by_name
-from inference_endpoints.runtime import CONTAINER_MODEL_ROOT, make_runtime
-from inference_endpoints.runtime.base import EngineLabels
-from inference_endpoints.runtime.docker import (
+from inference_endpoints.adapters.runtime import CONTAINER_MODEL_ROOT, make_runtime
+from inference_endpoints.adapters.runtime.base import EngineLabels
+from inference_endpoints.adapters.runtime.docker import (
     DEFAULT_ENGINE_PYTHON,
     ENDPOINT_LABEL,
     DockerRuntime,
@@ -26,8 +25,10 @@ from inference_endpoints.runtime.docker import (
     container_spec,
     shm_size_for,
 )
-from inference_endpoints.serving_config import ENGINE_MODULE, ServingSpec, render
-from inference_endpoints.validation import CreateRequest, validate_create
+from inference_endpoints.adapters.runtime.engine_guard import GUARD_DIR
+from inference_endpoints.core.catalog import by_name
+from inference_endpoints.core.serving_config import ENGINE_MODULE, ServingSpec, render
+from inference_endpoints.core.validation import CreateRequest, validate_create
 from tests.factories import LLAMA3_8B, TINY, TINY_LORA, view
 
 INSTANCES = by_name()
@@ -149,8 +150,10 @@ def test_labels_name_org_endpoint_and_serve_run(monkeypatch: pytest.MonkeyPatch)
 def test_engine_command_network_env_and_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     spec, kwargs = spec_kwargs("h100-80gb-x2", lora=True)
     body = request_body(kwargs, monkeypatch).config
-    assert body["Entrypoint"] == ["/opt/venv/bin/python", "-m", ENGINE_MODULE]
-    assert body["Cmd"] == [*spec.args, "--host", "10.0.0.5", "--port", "8123"]
+    assert body["Entrypoint"][:2] == ["sh", "-c"]
+    assert body["Entrypoint"][3:] == ["ie-engine", "/opt/venv/bin/python", "-m", ENGINE_MODULE]
+    assert body["Cmd"] == [*spec.args, "--middleware", "ie_engine_guard.EngineGuard",
+                           "--host", "10.0.0.5", "--port", "8123"]
     cmd = body["Cmd"]
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert body["HostConfig"]["NetworkMode"] == "host"
@@ -158,6 +161,8 @@ def test_engine_command_network_env_and_shared_memory(monkeypatch: pytest.Monkey
     assert body["HostConfig"]["AutoRemove"] is True  # the daemon removes it once stopped
     env = dict(item.split("=", 1) for item in body["Env"])
     assert env["VLLM_API_KEY"] == "be_secret"
+    assert env["PYTHONPATH"] == "/tmp/ie-engine-guard"  # where the entrypoint writes the guard
+    assert env["IE_ENGINE_GUARD_SOURCE"] == (GUARD_DIR / "ie_engine_guard.py").read_text()
     assert env["HF_HUB_OFFLINE"] == "1"
     assert body["Image"] == "vllm/vllm-openai:v0.32.0"
 
@@ -208,7 +213,7 @@ def test_an_image_is_required() -> None:
 
 def test_dockerd_keeps_all_its_state_under_one_data_dir(tmp_path: Path) -> None:
     """Several daemons can share a machine: data root, exec root, socket and pid file are ours."""
-    from inference_endpoints.runtime.dockerd import DockerPaths, dockerd_command
+    from inference_endpoints.adapters.runtime.dockerd import DockerPaths, dockerd_command
 
     paths = DockerPaths(tmp_path)
     cmd = dockerd_command(paths)
@@ -220,3 +225,14 @@ def test_dockerd_keeps_all_its_state_under_one_data_dir(tmp_path: Path) -> None:
     assert flags["--host"] == f"unix://{tmp_path / 'docker.sock'}" == paths.url
     assert flags["--storage-driver"] == "vfs"
     assert {"--iptables=false", "--bridge=none"} <= set(cmd)
+
+
+def test_the_engine_container_holds_no_privilege(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-py's own request body: every capability dropped, none to gain, a read-only root."""
+    _, kwargs = spec_kwargs("l4-24gb")
+    host = request_body(kwargs, monkeypatch).config["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["ReadonlyRootfs"] is True
+    assert set(host["Tmpfs"]) == {"/tmp", "/root", "/var/tmp"}
+    assert not host.get("Privileged")

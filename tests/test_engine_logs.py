@@ -1,4 +1,4 @@
-from inference_endpoints.engine_logs import failure_summary, root_cause
+from inference_endpoints.core.engine_logs import failure_summary, root_cause
 
 LOG = """(APIServer pid=1) WARNING 11-26 20:35:55 [system_utils.py:255] Found ulimit of 20000 and failed to automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n
 (Worker pid=2) ERROR 11-26 20:36:15 [multiproc_executor.py:953] Traceback (most recent call last):

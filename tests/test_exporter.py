@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,27 +18,59 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_endpoints.metrics.exporter import (
+from inference_endpoints.adapters.metrics.exporter import (
     NvmlSampler,
     ProcessTreeSampler,
     engine_pids,
     make_sampler,
     start_exporter,
 )
-from inference_endpoints.runtime.base import EngineLabels
+from inference_endpoints.adapters.runtime.base import EngineLabels
 
 LABELS = EngineLabels("acme", "ep_1", "chat", "run-1")
-# A leader that starts a CPU-bound child for `busy` seconds, then idles (like vLLM's tree).
+BURN_S = 0.5  # CPU seconds the busy child burns after `go`: an amount of work, not a duration
+# A leader whose child, on `go`, burns BURN_S of its own CPU time, says `burned` and waits for
+# `release`; the leader then says `reaped` and idles (a process tree like vLLM's). Files in DIR
+# carry the handshakes, so nothing depends on how fast this machine is.
+CHILD = ("import os, sys, time\n"
+         "d = sys.argv[1]\n"
+         "while not os.path.exists(d + '/go'): time.sleep(0.02)\n"
+         "t = time.process_time()\n"
+         "while time.process_time() - t < float(sys.argv[2]): pass\n"
+         "open(d + '/burned', 'w').close()\n"
+         "while not os.path.exists(d + '/release'): time.sleep(0.02)\n")
 TREE = ("import subprocess, sys, time\n"
-        "subprocess.run([sys.executable, '-c', 'import sys, time\\nt=time.time()\\n"
-        "while time.time()-t < float(sys.argv[1]): pass', sys.argv[1]])\n"
-        "time.sleep(60)\n")
+        "subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]])\n"
+        "open(sys.argv[2] + '/reaped', 'w').close()\n"
+        "time.sleep(600)\n")
+
+
+@dataclass
+class Tree:
+    proc: subprocess.Popen[bytes]
+    dir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def say(self, name: str) -> None:
+        (self.dir / name).touch()
+
+    def wait(self, name: str, timeout_s: float = 120) -> None:
+        """Wait for the tree's handshake file (the deadline guards a hung child; it is no assertion on speed)."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.dir / name).exists():
+            assert self.proc.poll() is None, f"the tree exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, f"no {name!r} from the tree in {timeout_s:.0f} s"
+            time.sleep(0.02)
 
 
 @pytest.fixture
-def tree() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", TREE, "1.5"], start_new_session=True)
-    yield proc
+def tree(tmp_path: Path) -> Iterator[Tree]:
+    proc = subprocess.Popen([sys.executable, "-c", TREE, CHILD, str(tmp_path), str(BURN_S)],
+                            start_new_session=True)
+    yield Tree(proc, tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
 
@@ -46,24 +80,28 @@ def scrape(url: str) -> dict[str, list[Any]]:
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
-def test_cpu_host_exports_the_engine_trees_cpu_and_memory(tree: subprocess.Popen[bytes]) -> None:
+def test_cpu_host_exports_the_engine_trees_cpu_and_memory(tree: Tree) -> None:
     exporter = start_exporter(LABELS, lambda: [tree.pid], "127.0.0.1")
     try:
         assert exporter.device == "cpu"
         assert exporter.url.startswith("http://127.0.0.1:")
-        time.sleep(1.0)
+        tree.say("go")
+        tree.wait("burned")  # BURN_S of CPU since the exporter's first sample
         families = scrape(exporter.url)
         util = families["ie_device_utilization_ratio"]
         assert [s.labels["device"] for s in util] == ["cpu"]
-        assert 0.1 < util[0].value <= 1.0  # one busy core of psutil.cpu_count()
+        assert 0 < util[0].value <= 1.0  # the child's CPU over the host's cores
         cpu = families["ie_device_cpu_seconds"][0]
-        assert cpu.name == "ie_device_cpu_seconds_total" and cpu.value > 0.3
+        # /proc counts whole clock ticks (10 ms), so a few may be missing from the burned work
+        assert cpu.name == "ie_device_cpu_seconds_total" and cpu.value >= BURN_S - 0.05
         used = families["ie_device_memory_used_bytes"][0].value
         assert 1 << 20 < used < psutil.virtual_memory().total
         assert families["ie_device_memory_total_bytes"][0].value == psutil.virtual_memory().total
         assert families["ie_device_power_watts"] == []  # no power on CPU hosts
         info = families["ie_device_info"][0].labels
         assert (info["device"], info["serve_run"]) == ("cpu", "run-1")
+        again = scrape(exporter.url)["ie_device_cpu_seconds"][0].value
+        assert again >= cpu.value  # a counter
     finally:
         exporter.stop()
         exporter.stop()  # idempotent
@@ -71,22 +109,21 @@ def test_cpu_host_exports_the_engine_trees_cpu_and_memory(tree: subprocess.Popen
         httpx.get(f"{exporter.url}/metrics", timeout=2)
 
 
-def test_cpu_seconds_never_go_down_when_a_child_exits(tree: subprocess.Popen[bytes]) -> None:
+def test_cpu_seconds_never_go_down_when_a_child_exits(tree: Tree) -> None:
     sampler = ProcessTreeSampler(lambda: [tree.pid])
-    time.sleep(1.0)
+    tree.say("go")
+    tree.wait("burned")
     during = sampler.sample()[0].cpu_seconds
-    time.sleep(1.5)  # the busy child has exited; its CPU seconds are gone from the live tree
+    tree.say("release")
+    tree.wait("reaped")  # the busy child has exited; its CPU seconds are gone from the live tree
     after = sampler.sample()[0]
     assert during is not None and after.cpu_seconds is not None
-    assert after.cpu_seconds >= during > 0.3
-    assert after.utilization is not None and after.utilization < 0.2  # idle now
-
-
-def test_no_live_engine_means_no_samples_not_zeros() -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    assert ProcessTreeSampler(lambda: [gone.pid]).sample() == []
-    assert ProcessTreeSampler(lambda: []).sample() == []
+    assert after.cpu_seconds >= during >= BURN_S - 0.05
+    time.sleep(sampler.min_interval_s + 0.1)  # let the next sample compute a utilization
+    idle = sampler.sample()[0]
+    assert idle.cpu_seconds is not None and after.cpu_seconds <= idle.cpu_seconds <= after.cpu_seconds + 0.01
+    # Only the sleeping leader is left: at most a clock tick (10 ms) over the interval.
+    assert idle.utilization is not None and idle.utilization < 0.05
 
 
 # ---- NVML ---------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from inference_endpoints.catalog import by_name
-from inference_endpoints.checkpoints import inspect_checkpoint
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.facts import CheckpointFacts
-from inference_endpoints.fit import GIB, MIB, estimate_fit
-from inference_endpoints.validation import CreateRequest, validate_create
+from inference_endpoints.core.catalog import by_name
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.facts import CheckpointFacts
+from inference_endpoints.core.fit import GIB, MIB, estimate_fit
+from inference_endpoints.core.validation import CreateRequest, validate_create
+from inference_endpoints.services.checkpoints import inspect_checkpoint
 from tests.archs import write_llama3_8b, write_qwen2_0_5b
 from tests.factories import view
 

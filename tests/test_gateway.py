@@ -1,7 +1,8 @@
 """The real gateway (uvicorn, in a thread) in front of a fake OpenAI upstream, on a real registry.
 
 No vLLM here: `bench.fake_upstream` behaves like it where the gateway cares (bearer
-key on /v1/*, SSE, abort on hang-up). Timing assertions use generous margins.
+key on /v1/*, SSE, abort on hang-up). No assertion is on time: waits have generous
+deadlines that only guard against hanging; `bench.propagation` measures how fast.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ import pytest
 from sqlalchemy import event
 
 from bench.fake_upstream import FakeUpstream
-from inference_endpoints.db import get_engine
-from inference_endpoints.gateway import GatewayConfig
-from inference_endpoints.gateway.app import GatewayApp
-from inference_endpoints.gateway.responses import NOT_FOUND
-from inference_endpoints.gateway.server import ThreadedServer, run_in_thread, serve_in_thread
-from inference_endpoints.registry import Registry
-from inference_endpoints.status import EndpointStatus
+from inference_endpoints.adapters.gateway import GatewayConfig
+from inference_endpoints.adapters.gateway.app import GatewayApp
+from inference_endpoints.adapters.gateway.responses import NOT_FOUND
+from inference_endpoints.adapters.gateway.server import ThreadedServer, run_in_thread, serve_in_thread
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.persistence.db import get_engine
+from inference_endpoints.persistence.registry import Registry
+from tests.lifecycle_support import put_status
 from tests.test_gateway_units import add_endpoint
 
 BASE = "endpoints.localhost"
 BACKEND_KEY = "backend-secret"
+ADMIN_TOKEN = "gateway-admin-test-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
@@ -75,14 +79,13 @@ class World:
         asyncio.run(self.app.resolver.refresh_async())
 
 
-def eventually(check: Callable[[], bool], timeout_s: float = 3.0, step_s: float = 0.05) -> float:
-    """Seconds until `check()` held; fails after `timeout_s`."""
-    started = time.monotonic()
+def eventually(check: Callable[[], bool], timeout_s: float = 30.0, step_s: float = 0.05) -> None:
+    """Wait until `check()` holds; the deadline guards against a hang, it is no speed bound."""
+    deadline = time.monotonic() + timeout_s
     while not check():
-        if time.monotonic() - started > timeout_s:
+        if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout_s} s")
         time.sleep(step_s)
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ("private", EndpointStatus.HEALTHY, upstream.url, acme.id),
     ):
         add_endpoint(registry, org_id, name, status, url, BACKEND_KEY)
-    gateway = run_in_thread(GatewayConfig(db_url=registry.url, base_domain=BASE))
+    gateway = run_in_thread(GatewayConfig(db_url=registry.url, base_domain=BASE,
+                                          admin_token=ADMIN_TOKEN))
     w = World(registry, gateway, upstream, fake, org.id, key, acme_key.secret, revoked.secret,
               dead_url)
     try:
@@ -184,20 +188,27 @@ def test_large_bodies_both_ways(world: World, client: httpx.Client, chunked: boo
 
 
 def test_sse_streams_without_buffering(world: World, client: httpx.Client) -> None:
-    """The first event arrives long before the backend has finished the response."""
-    url = f"{world.path('demo')}/v1/completions?ttft_ms=0&itl_ms=400&chunks=5"
-    started = time.monotonic()
-    arrivals: list[float] = []
+    """Each event reaches the caller before the backend has produced the next one.
+
+    In lockstep the upstream sends chunk i+1 only after the test has received chunk i,
+    so a gateway that held anything back would deadlock (and time out) instead of passing.
+    """
+    state = world.fake.state
+    url = f"{world.path('demo')}/v1/completions?lockstep=1&chunks=5"
+    sent_before = state.chunks_sent
+    seen_upstream: list[int] = []
+    events: list[str] = []
     with client.stream("POST", url, headers=world.auth(), json={"stream": True}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
-                arrivals.append(time.monotonic() - started)
-    assert len(arrivals) == 6  # 5 chunks + [DONE]
-    assert arrivals[0] < 1.0  # the backend needs >= 1.6 s for the whole answer
-    assert arrivals[-1] >= 1.5
-    assert arrivals[2] - arrivals[0] >= 0.6  # spread out as emitted, not delivered in one go
+                events.append(line)
+                seen_upstream.append(state.chunks_sent - sent_before)
+                state.acks += 1
+    assert len(events) == 6 and events[-1] == "data: [DONE]"  # 5 chunks + [DONE]
+    # When the caller held chunk i, the backend had sent exactly i of them: no more.
+    assert seen_upstream[:5] == [1, 2, 3, 4, 5]
 
 
 def test_openai_client_through_the_gateway(world: World) -> None:
@@ -303,8 +314,7 @@ def test_client_disconnect_mid_stream_aborts_upstream(world: World, client: http
         assert first.startswith(b"data: ")
         assert counters.in_flight == 1
     # Leaving the block closes the connection with ~195 chunks still to come.
-    took = eventually(lambda: state.cancelled == cancelled + 1)
-    assert took < 2.0
+    eventually(lambda: state.cancelled == cancelled + 1)
     assert state.running == 0
     eventually(lambda: counters.in_flight == 0 and counters.disconnects == disconnects + 1)
 
@@ -316,7 +326,7 @@ def test_client_disconnect_before_headers_aborts_upstream(world: World) -> None:
     with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.3) as impatient:
         impatient.post(f"{world.path('demo')}/v1/completions?ttft_ms=5000",
                        headers=world.auth(), json={})
-    assert eventually(lambda: state.cancelled == cancelled + 1) < 2.0
+    eventually(lambda: state.cancelled == cancelled + 1)
     assert state.running == 0
 
 
@@ -345,13 +355,13 @@ def _status(client: httpx.Client, world: World, name: str, key: str | None = Non
     return client.get(f"{world.path(name)}/v1/models", headers=world.auth(key)).status_code
 
 
-def test_status_changes_are_seen_within_a_second_or_two(world: World, client: httpx.Client) -> None:
+def test_status_changes_reach_the_route_table_by_themselves(world: World, client: httpx.Client) -> None:
     ep = world.add("flip")
     eventually(lambda: _status(client, world, "flip") == 200)
-    assert world.registry.transition(ep, EndpointStatus.UNHEALTHY)
-    assert eventually(lambda: _status(client, world, "flip") == 503, timeout_s=5) < 2.0
-    assert world.registry.transition(ep, EndpointStatus.HEALTHY)
-    assert eventually(lambda: _status(client, world, "flip") == 200, timeout_s=5) < 2.0
+    assert put_status(world.registry, ep, EndpointStatus.UNHEALTHY)
+    eventually(lambda: _status(client, world, "flip") == 503)
+    assert put_status(world.registry, ep, EndpointStatus.HEALTHY)
+    eventually(lambda: _status(client, world, "flip") == 200)
     # A restart on another port: the stable URL follows the new backend address.
     second = FakeUpstream(model="restarted", api_key=BACKEND_KEY)
     restarted = serve_in_thread(second)
@@ -361,20 +371,20 @@ def test_status_changes_are_seen_within_a_second_or_two(world: World, client: ht
         def on_new_backend() -> bool:
             r = client.get(f"{world.path('flip')}/v1/models", headers=world.auth())
             return r.status_code == 200 and r.json()["data"][0]["id"] == "restarted"
-        assert eventually(on_new_backend, timeout_s=5) < 2.0
+        eventually(on_new_backend)
     finally:
         restarted.stop()
-    assert world.registry.transition(ep, EndpointStatus.STOPPING)
-    assert world.registry.transition(ep, EndpointStatus.STOPPED)
+    assert put_status(world.registry, ep, EndpointStatus.STOPPING)
+    assert put_status(world.registry, ep, EndpointStatus.STOPPED)
     world.registry.remove_endpoint(ep)
-    assert eventually(lambda: _status(client, world, "flip") == 404, timeout_s=5) < 2.0
+    eventually(lambda: _status(client, world, "flip") == 404)
 
 
-def test_new_and_revoked_keys_are_seen_promptly(world: World, client: httpx.Client) -> None:
+def test_new_and_revoked_keys_are_seen_without_a_restart(world: World, client: httpx.Client) -> None:
     new = world.registry.create_key(world.org_id, "fresh")
-    assert eventually(lambda: _status(client, world, "demo", new.secret) == 200, timeout_s=5) < 2.0
+    eventually(lambda: _status(client, world, "demo", new.secret) == 200)
     world.registry.revoke_key(world.org_id, new.key.prefix)
-    assert eventually(lambda: _status(client, world, "demo", new.secret) == 401, timeout_s=5) < 2.0
+    eventually(lambda: _status(client, world, "demo", new.secret) == 401)
 
 
 def test_no_database_query_per_request(world: World, client: httpx.Client) -> None:
@@ -404,7 +414,7 @@ def test_no_database_query_per_request(world: World, client: httpx.Client) -> No
 def _samples(client: httpx.Client, world: World) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = client.get(f"{world.gateway.url}/metrics").text
+    text = client.get(f"{world.gateway.url}/metrics", headers=ADMIN).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -437,7 +447,7 @@ def test_metrics_by_org_endpoint_and_status_class(world: World, client: httpx.Cl
     assert value("ie_gateway_request_errors_total", "counted-dead", "5xx") == 1
     assert value("ie_gateway_request_duration_seconds_count", "counted", "2xx") == 3
     assert value("ie_gateway_in_flight_requests", "counted") == 0
-    stats = client.get(f"{world.gateway.url}/_gateway/stats").json()["endpoints"]
+    stats = client.get(f"{world.gateway.url}/_gateway/stats", headers=ADMIN).json()["endpoints"]
     row = next(r for r in stats if r["endpoint"] == "counted")
     last = row.pop("last_request_at")
     assert row == {"org": "default", "endpoint": "counted", "in_flight": 0, "requests": 5,
@@ -449,12 +459,13 @@ def test_metrics_by_org_endpoint_and_status_class(world: World, client: httpx.Cl
         "Host": world.host("counted")}).status_code == 401
 
 
-def test_gateway_health_and_admin_pages_are_loopback_only(world: World, client: httpx.Client) -> None:
+def test_gateway_health_is_open_and_admin_pages_need_the_admin_token(world: World,
+                                                                     client: httpx.Client) -> None:
     health = client.get(f"{world.gateway.url}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert client.get(f"{world.gateway.url}/elsewhere").status_code == 404
 
-    async def call(path: str, client_host: str) -> int:
+    async def call(path: str, client_host: str, token: str | None) -> int:
         sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> MutableMapping[str, Any]:
@@ -463,23 +474,34 @@ def test_gateway_health_and_admin_pages_are_loopback_only(world: World, client: 
         async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
+        headers = [(b"host", b"gw.example.com")]
+        if token is not None:
+            headers.append((b"authorization", f"Bearer {token}".encode()))
         scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
-                 "query_string": b"", "headers": [(b"host", b"gw.example.com")],
-                 "client": (client_host, 5000)}
+                 "query_string": b"", "headers": headers, "client": (client_host, 5000)}
         await world.app(scope, receive, send)
         return int(sent[0]["status"])
 
-    assert asyncio.run(call("/metrics", "10.1.2.3")) == 403
-    assert asyncio.run(call("/_gateway/stats", "10.1.2.3")) == 403
-    assert asyncio.run(call("/metrics", "127.0.0.1")) == 200
+    for path in ("/metrics", "/_gateway/stats"):
+        assert asyncio.run(call(path, "10.1.2.3", None)) == 401
+        assert asyncio.run(call(path, "127.0.0.1", None)) == 401  # loopback is no credential
+        assert asyncio.run(call(path, "127.0.0.1", "wrong")) == 401
+        assert asyncio.run(call(path, "127.0.0.1", world.key)) == 401  # an org key is not admin
+        assert asyncio.run(call(path, "10.1.2.3", ADMIN_TOKEN)) == 200
+    no_token = client.get(f"{world.gateway.url}/metrics")
+    assert no_token.status_code == 401 and "ie_gateway" not in no_token.text
+    assert no_token.json()["error"]["code"] == "admin_token_required"
 
 
 def test_fetch_traffic_reads_in_flight_counts(world: World, monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    from inference_endpoints.gateway.stats import fetch_traffic
+    from inference_endpoints.adapters.gateway.stats import fetch_traffic
     from inference_endpoints.settings import Settings
 
-    settings = Settings(gateway_host="127.0.0.1", gateway_port=world.port)
+    settings = Settings(gateway_host="127.0.0.1", gateway_port=world.port,
+                        gateway_admin_token=ADMIN_TOKEN)
+    assert fetch_traffic(Settings(gateway_host="127.0.0.1", gateway_port=world.port,
+                                  gateway_admin_token="not-it")) is None
     traffic = fetch_traffic(settings)
     assert traffic is not None and traffic[("default", "demo")].in_flight == 0
     assert traffic[("default", "demo")].requests > 0

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_endpoints.gateway.auth import Verdict, authorize, bearer_token
-from inference_endpoints.gateway.metrics import GatewayMetrics
-from inference_endpoints.gateway.resolver import Route, RouteTable, load_table, signature
-from inference_endpoints.gateway.routing import Target, route, split_host, split_path
-from inference_endpoints.models import Checkpoint, Endpoint, utcnow
-from inference_endpoints.registry import Registry, hash_key
-from inference_endpoints.status import EndpointStatus
+from inference_endpoints.adapters.gateway.auth import Verdict, authorize, bearer_token
+from inference_endpoints.adapters.gateway.metrics import GatewayMetrics
+from inference_endpoints.adapters.gateway.resolver import Route, RouteTable, load_table, signature
+from inference_endpoints.adapters.gateway.routing import Target, route, split_host, split_path
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.persistence.models import Checkpoint, Endpoint, utcnow
+from inference_endpoints.persistence.registry import Registry, hash_key
+from tests.lifecycle_support import put_status
 
 BASE = "endpoints.localhost"
 
@@ -103,6 +104,12 @@ def test_authorization_matrix_never_reveals_another_orgs_endpoint() -> None:
     assert verdict("acme", "gone", "acme-key") is Verdict.NOT_READY
     assert verdict("acme", "nourl", "acme-key") is Verdict.NOT_READY
     assert verdict("acme", "demo", "acme-key") is Verdict.ALLOW
+    # The decision carries the route whenever the endpoint exists (the proxy's backend, and the
+    # per-endpoint counters even for refused requests), and never invents one.
+    for (org, name), expected in table.routes.items():
+        for token in (None, "revoked-or-unknown", "zeta-key", "acme-key"):
+            assert authorize(table, Target(org, name, b"/v1/models"), token).route is expected, (name, token)
+    assert authorize(table, Target("acme", "nope", b"/v1/models"), "acme-key").route is None
     assert table.routes[("acme", "cold")].retry_after_s == 5
     assert table.routes[("acme", "gone")].retry_after_s is None  # terminal: retrying won't help
 
@@ -182,7 +189,7 @@ def test_signature_moves_on_every_change_the_gateway_must_see(registry: Registry
     ep = add_endpoint(registry, org.id, "demo", status="loading", backend_url="http://x:1")
     assert moved()
     assert not moved()  # nothing changed: no reload
-    assert registry.transition(ep, EndpointStatus.HEALTHY)
+    assert put_status(registry, ep, EndpointStatus.HEALTHY)
     assert moved()
     registry.update_endpoint(ep, backend_url="http://x:2")  # a restart on a new port
     assert moved()
@@ -192,8 +199,8 @@ def test_signature_moves_on_every_change_the_gateway_must_see(registry: Registry
     assert moved()
     registry.create_org("acme")
     assert moved()
-    assert registry.transition(ep, EndpointStatus.STOPPING)
-    assert registry.transition(ep, EndpointStatus.STOPPED)
+    assert put_status(registry, ep, EndpointStatus.STOPPING)
+    assert put_status(registry, ep, EndpointStatus.STOPPED)
     registry.remove_endpoint(ep)
     assert moved()
 

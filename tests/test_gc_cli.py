@@ -8,11 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from inference_endpoints.cli.checkpoints import checkpoint_app, print_gc_report
-from inference_endpoints.collector import Outcome, Report, Result
-from inference_endpoints.gc import CheckpointFact, Holder
-from inference_endpoints.registry import Registry
+from inference_endpoints.core.gc import CheckpointFact, Holder
+from inference_endpoints.core.status import CheckpointStatus
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.collector import Outcome, Report, Result
 from inference_endpoints.settings import Settings
-from inference_endpoints.status import CheckpointStatus
 from tests.gc_support import GcWorld
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from inference_endpoints.gc import (
+from inference_endpoints.core.gc import (
     Action,
     CheckpointFact,
     Evidence,
@@ -21,7 +21,7 @@ from inference_endpoints.gc import (
     runs_to_read,
     summarize,
 )
-from inference_endpoints.status import CheckpointStatus
+from inference_endpoints.core.status import CheckpointStatus
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 GRACE = 600.0
@@ -101,6 +101,10 @@ CASES = [
     Case("no run, old released lease", [lease(None, released=True, age_s=GRACE + 1, url=None)], {}, {}),
     Case("no run, old released, but something answers at its backend",
          [lease(None, released=True, age_s=GRACE + 1)], {}, {URL: True}, Action.HOLD, "still answers"),
+    Case("released lease, run still active, its engine still loading (refuses connections)",
+         [lease(released=True)], {"r1": RUNNING}, {URL: False}, Action.HOLD, "is Running"),
+    Case("two endpoints hold it: both named", [lease("r1"), lease("r2", ep="ep-b")],
+         {"r1": RUNNING, "r2": SCHEDULED}, {URL: True}, Action.HOLD, "held by ep-a, ep-b"),
     Case("one of two runs still active", [lease("r1", released=True), lease("r2", ep="ep-b")],
          {"r1": CANCELLED, "r2": RUNNING}, {URL: False}, Action.HOLD, "held by ep-b"),
     Case("every run of a history ended", [lease("r1", released=True), lease("r2", released=True, ep="b")],
@@ -122,8 +126,14 @@ def test_decision(case: Case) -> None:
     [decision] = plan(facts, evidence, lease_grace_s=GRACE)
     assert decision.action == case.expect, decision.reason
     assert case.reason_has in decision.reason + " ".join(h.why for h in decision.holders)
+    assert decision.checkpoint == facts.checkpoints[0]  # reports name the checkpoint decided
     if decision.action == Action.HOLD:
         assert decision.holders and all(h.endpoint_name for h in decision.holders)
+        # Each holder names its lease's endpoint and run (what `gc` and the API print).
+        leased = {(x.fact.endpoint_name, x.fact.endpoint_id, x.fact.flow_run_id) for x in case.leases}
+        assert {(h.endpoint_name, h.endpoint_id, h.flow_run_id) for h in decision.holders} <= leased
+    if decision.action == Action.RECLAIM:  # what mark_reclaiming re-checks under the row lock
+        assert decision.lease_runs == tuple(sorted(x.fact.flow_run_id or "" for x in case.leases))
 
 
 def test_naive_timestamps_are_taken_as_utc() -> None:
@@ -166,4 +176,4 @@ def test_many_checkpoints_in_order_and_summary() -> None:
     assert [d.checkpoint.id for d in decisions] == [c.id for c in cks]
     assert [d.action for d in decisions] == [Action.RECLAIM, Action.HOLD, Action.RECLAIM,
                                              Action.RECLAIM, Action.RECLAIM]
-    assert summarize(decisions)[Action.HOLD] == 1
+    assert summarize(decisions) == {Action.RECLAIM: 4, Action.HOLD: 1, Action.FINISH: 0, Action.SKIP: 0}

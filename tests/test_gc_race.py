@@ -39,16 +39,29 @@ from sqlalchemy import delete, text
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from inference_endpoints import checkpoint_lifecycle as lifecycle
-from inference_endpoints.collector import Report, Result, RunStatesUnavailable, collect, collect_steps
-from inference_endpoints.db import get_engine, normalize_url
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.gc import RunFact
-from inference_endpoints.models import ActivityEvent, Checkpoint, CheckpointLease, Endpoint, new_id, utcnow
-from inference_endpoints.operations import Plan, plan_create
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.gc import RunFact
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence import checkpoint_lifecycle as lifecycle
+from inference_endpoints.persistence.db import get_engine, normalize_url
+from inference_endpoints.persistence.models import (
+    ActivityEvent,
+    Checkpoint,
+    CheckpointLease,
+    Endpoint,
+    new_id,
+    utcnow,
+)
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.services.collector import (
+    Report,
+    Result,
+    RunStatesUnavailable,
+    collect,
+    collect_steps,
+)
+from inference_endpoints.services.operations import Plan, plan_create
 from tests.gc_support import GcWorld
 
 SCHEDULES = int(os.environ.get("IE_GC_RACE_SCHEDULES", "1000"))
@@ -395,16 +408,21 @@ def reset(world: GcWorld, templates: Templates) -> list[Checkpoint]:
     return [a, b, lora]
 
 
-def run_schedule(world: GcWorld, templates: Templates, seed: int) -> Sim:
-    sim = Sim(world, random.Random(seed), reset(world, templates))
+def play(sim: Sim, label: str, steps: int = STEPS) -> None:
+    """Run a schedule to its end and check it; a failure names the schedule and its last steps."""
     try:
-        for _ in range(STEPS):
+        for _ in range(steps):
             sim.step()
         sim.finish()
         sim.check_final()
     except AssertionError as exc:
         tail = "\n".join(sim.trace[-40:])
-        raise AssertionError(f"seed {seed}: {exc}\nlast steps:\n{tail}") from exc
+        raise AssertionError(f"{label}: {exc}\nlast steps:\n{tail}") from exc
+
+
+def run_schedule(world: GcWorld, templates: Templates, seed: int) -> Sim:
+    sim = Sim(world, random.Random(seed), reset(world, templates))
+    play(sim, f"seed {seed}")
     return sim
 
 
@@ -444,6 +462,9 @@ class ThreadedRound:
     created: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)  # ep, run, leased
     errors: list[BaseException] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    first_create: threading.Event = field(default_factory=threading.Event)
+    deleted: list[bool] = field(default_factory=list)  # each delete's `newly_deleted`
+    collections: int = 0  # collections that ran to the end during the round
 
     def __post_init__(self) -> None:
         self.barrier = threading.Barrier(CREATORS + 2)
@@ -470,16 +491,21 @@ class ThreadedRound:
             self.world.start(ep.id, run_id, f"http://10.0.0.2:{worker}{i}")
             leased = (target.id, *([self.a.id] if target is self.lora else []))
             self.created.append((ep.id, run_id, leased))
+            self.first_create.set()
 
     def deleter(self) -> None:
+        """Deletes once a first create committed, so every round races the others' creates."""
+        self.first_create.wait(30)
         time.sleep(self.rng.uniform(0, 0.05))
-        lifecycle.delete_checkpoint(self.world.registry, self.world.org_id, self.a.id)
-        lifecycle.delete_checkpoint(self.world.registry, self.world.org_id, self.lora.id)
+        for ckpt in (self.a, self.lora):
+            answer = lifecycle.delete_checkpoint(self.world.registry, self.world.org_id, ckpt.id)
+            self.deleted.append(answer.newly_deleted)
 
     def collector(self) -> None:
-        while not self.done.is_set():
+        while not self.done.is_set() or not self.collections:
             collect(self.world.registry, self.world.store, self.world.prefect, self.world.backends,
                     dry_run=False, lease_grace_s=0.0)
+            self.collections += 1
 
     def run(self) -> None:
         workers = [self.guarded(lambda w=w: self.creator(w)) for w in range(CREATORS)]
@@ -506,6 +532,10 @@ def test_threaded_create_delete_collect(registry: Registry, tmp_path: Path) -> N
         a, _b, lora = reset(world, templates)
         race = ThreadedRound(world, a, lora, random.Random(round_no))
         race.run()
+        # Work in every round, not just somewhere in the run: creates, both deletes, a collection.
+        assert race.created, f"round {round_no}: no create"
+        assert race.deleted == [True, True], f"round {round_no}: deletes {race.deleted}"
+        assert race.collections >= 1, f"round {round_no}: no collection"
         served += len(race.created)
         for _ep, _run, leased in race.created:
             for cid in leased:

@@ -16,17 +16,17 @@ import jsonschema
 import pytest
 from kubernetes.client import V1Container, V1Job, V1Secret
 
-from inference_endpoints.catalog import by_name
-from inference_endpoints.k8s_manifest import (
+from inference_endpoints.adapters.k8s_manifest import (
     BACKEND_KEY_FIELD,
     backend_key_secret_name,
     job_variables,
     render_backend_key_secret,
 )
-from inference_endpoints.runtime import CONTAINER_MODEL_ROOT
-from inference_endpoints.runtime.base import EngineLabels
-from inference_endpoints.serving_config import ServingSpec, render
-from inference_endpoints.validation import CreateRequest, validate_create
+from inference_endpoints.adapters.runtime import CONTAINER_MODEL_ROOT
+from inference_endpoints.adapters.runtime.base import EngineLabels
+from inference_endpoints.core.catalog import by_name
+from inference_endpoints.core.serving_config import ServingSpec, render
+from inference_endpoints.core.validation import CreateRequest, validate_create
 from tests.factories import LLAMA3_8B, TINY_LORA, view
 from tests.k8s_support import kubernetes_pool_template, validated, worker_manifest
 
@@ -84,10 +84,11 @@ def test_engine_runs_with_tensor_parallel_2(rendered: tuple[ServingSpec, dict[st
     assert engine.name == "engine"
     assert engine.restart_policy == "Always"  # a native sidecar: ends with the serve flow's container
     assert engine.image == "vllm/vllm-openai:v0.32.0"
-    assert engine.command == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert (engine.command or [])[-3:] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     args = engine.args or []
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
-    assert args == [*spec.args, "--host", "0.0.0.0", "--port", "8000"]
+    assert args == [*spec.args, "--middleware", "ie_engine_guard.EngineGuard",
+                    "--host", "0.0.0.0", "--port", "8000"]
     assert args[args.index("--model") + 1] == "/models/base"
     assert "support-bot=/models/adapter" in args
     assert engine.ports is not None and engine.ports[0].container_port == 8000

@@ -6,27 +6,26 @@ on these machines); the client, its serialization and its error handling are rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from inference_endpoints import k8s_manifest
-from inference_endpoints.runtime import CONTAINER_MODEL_ROOT, make_runtime, model_root_resolver
-from inference_endpoints.runtime.base import EngineLabels
-from inference_endpoints.runtime.kubernetes import ENGINE_CONTAINER, POD_IP_ENV, KubeCluster, SidecarRuntime
-from inference_endpoints.serving_config import ServingSpec
+from inference_endpoints.adapters import k8s_manifest
+from inference_endpoints.adapters.runtime import CONTAINER_MODEL_ROOT, make_runtime, model_root_resolver
+from inference_endpoints.adapters.runtime.base import EngineLabels
+from inference_endpoints.adapters.runtime.kubernetes import (
+    ENGINE_CONTAINER,
+    EXPORTER_PORT,
+    POD_IP_ENV,
+    KubeCluster,
+    SidecarRuntime,
+    exporter_address,
+)
+from inference_endpoints.core.serving_config import ServingSpec
 from tests.fake_kube_api import FakeKubeApi
 
 LABELS = EngineLabels("acme", "ep-123", "chat", "g0")
-
-
-@pytest.fixture()
-def fake_api() -> Iterator[FakeKubeApi]:
-    api = FakeKubeApi().start()
-    yield api
-    api.stop()
 
 
 @pytest.fixture()
@@ -50,6 +49,49 @@ def test_deleting_a_secret_is_idempotent(cluster: KubeCluster, fake_api: FakeKub
     assert cluster.delete_secret(name) is True
     assert ("inference", name) not in fake_api.secrets
     assert cluster.delete_secret(name) is False
+
+
+def _policy(cidrs: list[str]) -> dict[str, object]:
+    return k8s_manifest.render_engine_network_policy(LABELS, control_plane_cidrs=cidrs, namespace="inference")
+
+
+def test_network_policy_is_created_then_replaced(cluster: KubeCluster, fake_api: FakeKubeApi) -> None:
+    name = k8s_manifest.network_policy_name(LABELS)
+    cluster.ensure_network_policy(_policy(["10.0.0.5"]))
+    path = "/apis/networking.k8s.io/v1/namespaces/inference/networkpolicies"
+    assert ("POST", path) in fake_api.requests
+    # A new generation, a retried create or a changed control plane replaces it (409, then PUT).
+    cluster.ensure_network_policy(_policy(["10.0.0.6"]))
+    assert ("PUT", f"{path}/{name}") in fake_api.requests
+    stored = fake_api.network_policies[("inference", name)]
+    assert stored["spec"]["ingress"][0]["from"][0] == {"ipBlock": {"cidr": "10.0.0.6/32"}}
+    read = cluster._networking().read_namespaced_network_policy(name, "inference")  # the client's model
+    assert read.spec.pod_selector.match_labels["inference-endpoints.endpoint-id"] == LABELS.endpoint_id
+
+
+def test_deleting_a_network_policy_is_idempotent(cluster: KubeCluster, fake_api: FakeKubeApi) -> None:
+    name = k8s_manifest.network_policy_name(LABELS)
+    cluster.ensure_network_policy(_policy(["10.0.0.5"]))
+    assert cluster.delete_network_policy(name) is True
+    assert ("inference", name) not in fake_api.network_policies
+    assert cluster.delete_network_policy(name) is False
+
+
+def test_the_fake_api_answers_like_the_real_one(cluster: KubeCluster) -> None:
+    """What `ensure_*`'s 409 handling relies on: a second create is 409, a missing replace 404."""
+    net = cluster._networking()
+    policy = _policy(["10.0.0.5"])
+    name = k8s_manifest.network_policy_name(LABELS)
+    with pytest.raises(ApiException) as missing:
+        net.replace_namespaced_network_policy(name, "inference", policy)
+    assert missing.value.status == 404
+    net.create_namespaced_network_policy("inference", policy)
+    with pytest.raises(ApiException) as exists:
+        net.create_namespaced_network_policy("inference", policy)
+    assert exists.value.status == 409
+    with pytest.raises(ApiException) as renamed:
+        net.replace_namespaced_network_policy("another-name", "inference", policy)
+    assert renamed.value.status == 400
 
 
 def test_other_api_errors_are_raised(tmp_path: Path) -> None:
@@ -105,3 +147,25 @@ def test_containers_see_checkpoints_under_models(tmp_path: Path) -> None:
 def test_unknown_runtime_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="process, docker or sidecar"):
         make_runtime("podman", engine_python="", run_dir=tmp_path)
+
+
+def test_the_exporter_listens_on_the_policys_port_in_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(POD_IP_ENV, "10.1.2.3")
+    assert exporter_address("sidecar", "127.0.0.1") == ("10.1.2.3", EXPORTER_PORT)
+    assert exporter_address("docker", "127.0.0.1") == ("127.0.0.1", 0)
+    monkeypatch.delenv(POD_IP_ENV)
+    assert exporter_address("sidecar", "127.0.0.1") == ("127.0.0.1", 0)
+    policy = k8s_manifest.render_engine_network_policy(LABELS, control_plane_cidrs=["10.0.0.5"])
+    assert {"protocol": "TCP", "port": EXPORTER_PORT} in policy["spec"]["ingress"][1]["ports"]
+
+
+def test_start_exporter_binds_the_port_it_is_given() -> None:
+    from inference_endpoints.adapters.metrics.exporter import start_exporter
+    from inference_endpoints.adapters.runtime.process import free_port
+
+    port = free_port("127.0.0.1")
+    exporter = start_exporter(LABELS, lambda: [], "127.0.0.1", port=port)
+    try:
+        assert exporter.port == port
+    finally:
+        exporter.stop()

@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from inference_endpoints.catalog import CATALOG
-from inference_endpoints.errors import RequestInvalid
-from inference_endpoints.operations import plan_create, register_checkpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.status import EndpointStatus, ReasonCode
-from inference_endpoints.store import LocalCheckpointStore
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.core.catalog import CATALOG
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.lifecycle import Purpose, Role
+from inference_endpoints.core.status import EndpointStatus, ReasonCode
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence.models import utcnow
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.operations import plan_create, register_checkpoint
 from tests.archs import write_tiny_llama
+from tests.lifecycle_support import put_status
+from tests.sources import allow, policy_for
 
 
 def _endpoint(registry: Registry, tmp_path: Path, name: str = "ep", key: str | None = None) -> str:
@@ -22,7 +26,9 @@ def _endpoint(registry: Registry, tmp_path: Path, name: str = "ep", key: str | N
     assert org is not None
     store = LocalCheckpointStore(tmp_path / "store")
     if registry.find_checkpoint(org.id, "tiny") is None:
-        register_checkpoint(registry, store, org.id, write_tiny_llama(tmp_path / "tiny"), "tiny")
+        sources = allow(registry, policy_for(tmp_path, store.root), org.id, tmp_path / "src")
+        register_checkpoint(registry, store, org.id, write_tiny_llama(tmp_path / "src" / "tiny"), "tiny",
+                            sources=sources)
     plan = plan_create(registry, org.id, CreateRequest(name, "tiny", "cpu-dev", 512, "float32"),
                        model_root_resolver(tmp_path / "run"))
     return registry.record_endpoint(org.id, plan.request, plan.spec,
@@ -52,21 +58,62 @@ def test_keys_are_hashed_shown_once_and_revocable(registry: Registry) -> None:
         registry.create_org("acme")
 
 
-def test_transitions_are_guarded_and_recorded(registry: Registry, tmp_path: Path) -> None:
+def test_status_is_derived_from_facts_and_every_change_recorded(registry: Registry, tmp_path: Path) -> None:
     ep = _endpoint(registry, tmp_path)
-    assert registry.transition(ep, EndpointStatus.DEPLOYING)
-    assert not registry.transition(ep, EndpointStatus.STOPPED)  # deploying -> stopped: not allowed
-    assert registry.transition(ep, EndpointStatus.LOADING)
-    assert registry.transition(ep, EndpointStatus.HEALTHY)
-    assert registry.transition(ep, EndpointStatus.FAILED, reason=ReasonCode.ENGINE_EXITED,
-                               message="boom")
-    assert not registry.transition(ep, EndpointStatus.HEALTHY)  # failed is terminal
     row = registry.get_endpoint(ep)
-    assert row is not None and row.status == "failed" and row.reason_code == "engine_exited"
-    assert row.reason_hint and row.healthy_at and row.ended_at
-    events = [(e.from_status, e.to_status) for e in registry.activity(ep)]
+    assert row is not None and row.status == "pending" and row.live_run is not None
+    run = row.live_run
+    registry.runs.record_submitted(run, "fr-1")
+    assert registry.get_endpoint(ep).status == "deploying"  # type: ignore[union-attr]
+    registry.runs.report(run, engine_started_at=utcnow(), backend_url="http://127.0.0.1:9")
+    assert registry.get_endpoint(ep).status == "loading"  # type: ignore[union-attr]
+    registry.runs.report(run, not_ready_message="first-token probe got HTTP 500")
+    assert registry.get_endpoint(ep).status == "loading"  # type: ignore[union-attr]
+    registry.runs.report(run, ready_at=utcnow())
+    row = registry.get_endpoint(ep)
+    assert row is not None and row.status == "healthy" and row.backend_url == "http://127.0.0.1:9"
+    assert row.serve_run_id == "fr-1"
+    assert registry.runs.ended(run, ReasonCode.ENGINE_EXITED, "boom")
+    assert not registry.runs.ended(run, ReasonCode.RUN_ENDED, "again")  # an end is written once
+    assert not registry.runs.report(run, ready_at=utcnow())  # nor facts after it
+    row = registry.get_endpoint(ep)
+    assert row is not None and row.status == "unhealthy" and row.reason_code == "engine_exited"
+    assert row.reason_hint and row.healthy_at
+    events = [(e.from_status, e.to_status) for e in registry.activity(ep) if e.kind == "status"]
     assert events == [(None, "pending"), ("pending", "deploying"), ("deploying", "loading"),
-                      ("loading", "healthy"), ("healthy", "failed")]
+                      ("loading", "healthy"), ("healthy", "unhealthy")]
+
+
+def test_stop_intent_stops_every_run_and_a_verdict_is_final(registry: Registry, tmp_path: Path) -> None:
+    ep = _endpoint(registry, tmp_path)
+    live = registry.get_endpoint(ep).live_run  # type: ignore[union-attr]
+    assert live is not None
+    assert registry.runs.give_up(ep, ReasonCode.DEPLOY_TIMEOUT, "no worker", expected_live="other") is False
+    assert registry.runs.request_stop(ep)
+    assert registry.runs.get(live).stop_requested_at is not None  # type: ignore[union-attr]
+    assert registry.get_endpoint(ep).status == "stopping"  # type: ignore[union-attr]
+    # A stopped endpoint takes no new serve runs (a late restart cannot bring it back).
+    assert registry.runs.add_run(ep, Role.LIVE, Purpose.RESTART, expected_live=live) is None
+    assert registry.open_lease_count(ep) == 1  # stopping: the engine may still read its checkpoint
+    registry.runs.ended(live, ReasonCode.STOPPED_BY_USER, "stopped")
+    row = registry.get_endpoint(ep)
+    # Every run has ended, but `stopped` also means "holds nothing": still stopping.
+    assert row is not None and row.status == "stopping" and "releasing" in (row.reason_message or "")
+    assert registry.release_leases(ep) == 1  # the reconciler's release step
+    registry.runs.settle(ep)
+    row = registry.get_endpoint(ep)
+    assert row is not None and row.status == "stopped" and row.reason_code == "stopped_by_user"
+    assert registry.open_lease_count(ep) == 0
+
+
+def test_a_restart_replaces_only_the_run_it_expected(registry: Registry, tmp_path: Path) -> None:
+    ep = _endpoint(registry, tmp_path)
+    live = registry.get_endpoint(ep).live_run  # type: ignore[union-attr]
+    first = registry.runs.add_run(ep, Role.LIVE, Purpose.RESTART, expected_live=live)
+    second = registry.runs.add_run(ep, Role.LIVE, Purpose.RESTART, expected_live=live)  # a racing pass
+    assert first is not None and second is None
+    assert first.generation == 1 and registry.get_endpoint(ep).live_run == first.id  # type: ignore[union-attr]
+    assert [r.purpose for r in registry.runs.of(ep)] == ["start", "restart"]
 
 
 def test_idempotency_key_returns_the_same_endpoint(registry: Registry, tmp_path: Path) -> None:
@@ -91,8 +138,7 @@ def test_remove_requires_a_terminal_status(registry: Registry, tmp_path: Path) -
     ep = _endpoint(registry, tmp_path)
     with pytest.raises(RequestInvalid):
         registry.remove_endpoint(ep)
-    registry.transition(ep, EndpointStatus.STOPPING)
-    registry.transition(ep, EndpointStatus.STOPPED)
+    put_status(registry, ep, EndpointStatus.STOPPED)
     registry.remove_endpoint(ep)
     assert registry.get_endpoint(ep) is None
     _endpoint(registry, tmp_path)  # the name is free again
@@ -102,7 +148,10 @@ def test_deleted_checkpoint_cannot_be_leased(registry: Registry, tmp_path: Path)
     org = registry.get_org_by_name("default")
     assert org is not None
     store = LocalCheckpointStore(tmp_path / "store")
-    register_checkpoint(registry, store, org.id, write_tiny_llama(tmp_path / "t"), "tiny")
+    sources = policy_for(tmp_path, store.root)
+    drop = sources.drop_folder(org.name)  # built in the organization's drop folder
+    assert drop is not None
+    register_checkpoint(registry, store, org.id, write_tiny_llama(drop / "t"), "tiny", sources=sources)
     plan = plan_create(registry, org.id, CreateRequest("ep", "tiny", "cpu-dev", 512, "float32"),
                        model_root_resolver(tmp_path / "run"))
     row = registry.find_checkpoint(org.id, "tiny")
@@ -125,7 +174,33 @@ def test_migrations_match_the_models(registry: Registry) -> None:
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    from inference_endpoints.db import get_engine
+    from inference_endpoints.persistence.db import get_engine
 
     with get_engine(registry.url).connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+
+
+def test_a_ready_candidate_is_promoted_and_the_old_run_drained(registry: Registry, tmp_path: Path) -> None:
+    ep = _endpoint(registry, tmp_path)
+    live = registry.get_endpoint(ep).live_run  # type: ignore[union-attr]
+    assert live is not None
+    registry.runs.record_submitted(live, "fr-live")
+    registry.runs.report(live, engine_started_at=utcnow(), backend_url="http://127.0.0.1:1", ready_at=utcnow())
+    cand = registry.runs.add_run(ep, Role.CANDIDATE, Purpose.REPLACE, expected_live=live,
+                                 config_json='{"new": true}')
+    assert cand is not None and cand.generation == 1
+    assert registry.runs.add_run(ep, Role.CANDIDATE, Purpose.REPLACE, expected_live=live) is None  # one at a time
+    assert not registry.runs.promote(ep, cand.id)  # not ready yet
+    registry.runs.record_submitted(cand.id, "fr-cand")
+    registry.runs.report(cand.id, engine_started_at=utcnow(), backend_url="http://127.0.0.1:2")
+    row = registry.get_endpoint(ep)
+    assert row is not None and row.status == "healthy" and row.backend_url == "http://127.0.0.1:1"
+    registry.runs.report(cand.id, ready_at=utcnow())
+    assert registry.runs.promote(ep, cand.id)
+    row = registry.get_endpoint(ep)
+    assert row is not None and row.live_run == cand.id and row.candidate_run is None
+    assert row.status == "healthy" and row.backend_url == "http://127.0.0.1:2"
+    assert row.serve_run_id == "fr-cand" and row.serving_config_json == '{"new": true}'
+    old = registry.runs.get(live)
+    assert old is not None and old.stop_requested_at is not None and old.ended_at is None
+    assert "replaced" in [e.kind for e in registry.activity(ep)]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from inference_endpoints.catalog import by_name
-from inference_endpoints.serving_config import ServingSpec, lora_rank_for_vllm, render
-from inference_endpoints.validation import CreateRequest, validate_create
+from inference_endpoints.core.catalog import by_name
+from inference_endpoints.core.serving_config import ServingSpec, lora_rank_for_vllm, render
+from inference_endpoints.core.validation import CreateRequest, validate_create
 from tests.factories import LLAMA3_8B, LLAMA3_8B_AWQ, TINY, TINY_LORA, view
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -20,7 +20,6 @@ INSTANCES = by_name()
 CASES = {
     "tiny-cpu-float32": (view(TINY), "cpu-dev", 2048, "float32", "none"),
     "tiny-cpu-auto": (view(TINY), "cpu-dev", 1024, "auto", "none"),
-    "tiny-cpu-bfloat16": (view(TINY), "cpu-dev", 512, "bfloat16", "none"),
     "tiny-lora-cpu": (view(TINY_LORA, "adapter", base=view(TINY, "demo-tiny-llama")), "cpu-dev",
                       2048, "float32", "none"),
     "llama8b-a10g-bfloat16": (view(LLAMA3_8B), "a10g-24gb", 8192, "bfloat16", "none"),
@@ -79,7 +78,9 @@ def test_cpu_renders_eager_and_bounded_kv_cache() -> None:
     spec = render(validated, model_root="/r", api_key="k")
     assert "--enforce-eager" in spec.args
     assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert "--gpu-memory-utilization" not in spec.args
+    # vLLM-CPU's start-up check wants this share of the host's RAM free: the fit, not 0.92.
+    share = float(spec.args[spec.args.index("--gpu-memory-utilization") + 1])
+    assert 0.2 <= share < 0.9
 
 
 def test_multi_gpu_sets_tensor_parallel() -> None:

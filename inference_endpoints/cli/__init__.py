@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from inference_endpoints.cli import checkpoints, endpoints, events, keys, metrics, stack
+from inference_endpoints.cli import checkpoints, create, endpoints, events, keys, metrics, stack
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
 app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
+app.add_typer(checkpoints.checkpoint_app, name="checkpoints", hidden=True)  # the plural works too
 app.add_typer(keys.key_app, name="key")
 app.add_typer(keys.org_app, name="org")
 app.command("instances")(checkpoints.instances_cmd)
@@ -15,7 +16,7 @@ app.command("up")(stack.up_cmd)
 app.command("down")(stack.down_cmd)
 app.command("status")(stack.status_cmd)
 app.command("demo")(stack.demo_cmd)
-app.command("create")(endpoints.create_cmd)
+app.command("create")(create.create_cmd)
 app.command("list")(endpoints.list_cmd)
 app.command("show")(endpoints.show_cmd)
 app.command("stop")(endpoints.stop_cmd)

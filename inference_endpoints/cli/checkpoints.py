@@ -10,8 +10,10 @@ import typer
 from rich.table import Table
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
+from inference_endpoints.cli.roots import roots_app
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Register, list and inspect checkpoints.")
+checkpoint_app.add_typer(roots_app, name="roots")
 
 
 @checkpoint_app.command("make-demo")
@@ -20,7 +22,7 @@ def make_demo_cmd(
     steps: Annotated[int, typer.Option(help="Fine-tuning steps")] = 300,
 ) -> None:
     """Build the tiny demo Llama checkpoint and its LoRA adapter (offline, deterministic)."""
-    from inference_endpoints.demo import make_demo
+    from inference_endpoints.localstack.demo import make_demo
 
     with out.status("Building the demo checkpoint (tokenizer, fine-tune, LoRA)…"):
         demo = make_demo(dest, steps=steps)
@@ -29,16 +31,17 @@ def make_demo_cmd(
 
 @checkpoint_app.command("register")
 def register_cmd(
-    path: Annotated[Path, typer.Argument(help="Checkpoint directory to import")],
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory, inside one of the organization's "
+                                         "import roots (`endpoints checkpoint roots list`)")],
     name: Annotated[str, typer.Option(help="Name for the checkpoint")],
     base: Annotated[str | None, typer.Option(help="Base checkpoint of a LoRA adapter")] = None,
 ) -> None:
     """Inspect a checkpoint directory and import it into the checkpoint store."""
-    from inference_endpoints.operations import register_checkpoint
+    from inference_endpoints.services.operations import register_checkpoint
 
     ctx = load_context()
     with user_errors():
-        row = register_checkpoint(ctx.registry, ctx.store, ctx.org_id, path, name, base)
+        row = register_checkpoint(ctx.registry, ctx.store, ctx.org_id, path, name, base, sources=ctx.sources)
     out.print(f"registered [bold]{row.name}[/] as [bold]{row.id}[/] ({row.kind}, "
               f"{row.size_bytes:,} bytes, {row.digest[:19]}…)")
 
@@ -48,7 +51,7 @@ def list_checkpoints_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Include deleted and reclaimed")] = False,
 ) -> None:
     """List this organization's checkpoints, with the endpoints holding each one."""
-    from inference_endpoints.checkpoint_lifecycle import list_with_holders
+    from inference_endpoints.persistence.checkpoint_lifecycle import list_with_holders
 
     ctx = load_context()
     table = Table("id", "name", "kind", "base model", "size", "status", "held by", "created")
@@ -65,7 +68,7 @@ def list_checkpoints_cmd(
 @checkpoint_app.command("delete")
 def delete_checkpoint_cmd(ref: Annotated[str, typer.Argument(help="Checkpoint id or name")]) -> None:
     """Delete a checkpoint record now; its bytes are reclaimed once no endpoint run can read them."""
-    from inference_endpoints.checkpoint_lifecycle import delete_checkpoint
+    from inference_endpoints.persistence.checkpoint_lifecycle import delete_checkpoint
 
     ctx = load_context()
     with user_errors():

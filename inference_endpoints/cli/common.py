@@ -11,14 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inference_endpoints.errors import CheckpointError, RequestInvalid
-from inference_endpoints.models import Endpoint
-from inference_endpoints.registry import Registry
-from inference_endpoints.settings import Settings
-from inference_endpoints.store import LocalCheckpointStore
+from inference_endpoints.core.errors import CheckpointError, RequestInvalid, shown
+from inference_endpoints.persistence.models import Endpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.settings import Settings, cli_key, save_cli_key  # noqa: F401  (re-exported)
 
 out = Console()
-err = Console(stderr=True)
+# Messages and errors are never wrapped by Rich: piped output (80 columns) keeps each on one line.
+err = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -27,14 +29,21 @@ class Context:
     registry: Registry
     org_id: str
 
+    org_name: str = ""
+
     @property
     def store(self) -> LocalCheckpointStore:
         return LocalCheckpointStore(self.settings.store_root)
 
+    @property
+    def sources(self) -> SourcePolicy:
+        """Where this organization may register checkpoints from (its import roots)."""
+        return SourcePolicy.from_settings(self.settings)
+
 
 def use_stack(settings: Settings) -> None:
     """Point Prefect clients in this process at the local stack (before any Prefect import)."""
-    from inference_endpoints.stack import LocalStack
+    from inference_endpoints.localstack.stack import LocalStack
 
     stack = LocalStack(settings)
     state = stack.read_state()
@@ -46,17 +55,19 @@ def use_stack(settings: Settings) -> None:
             os.environ[key] = value
 
 
-def load_context() -> Context:
+def load_context(org_name: str | None = None) -> Context:
+    """Settings, the registry (migrated) and the organization acted for: `org_name`, else IE_ORG."""
     settings = Settings()
     registry = Registry(settings.db_url)
     first_key = registry.init(default_org=settings.org)
     if first_key is not None:
         save_cli_key(settings, first_key.secret)
-    org = registry.get_org_by_name(settings.org)
+    name = org_name or settings.org
+    org = registry.get_org_by_name(name)
     if org is None:
-        err.print(f"[red]No organization {settings.org!r} (set IE_ORG).[/]")
+        err.print(f"[red]No organization {shown(name)} ({'check --org' if org_name else 'set IE_ORG'}).[/]")
         raise typer.Exit(2)
-    return Context(settings, registry, org.id)
+    return Context(settings, registry, org.id, org.name)
 
 
 def require_endpoint(ctx: Context, ref: str) -> Endpoint:
@@ -66,22 +77,6 @@ def require_endpoint(ctx: Context, ref: str) -> Endpoint:
         err.print(f"[red]No endpoint {ref!r}.[/]")
         raise typer.Exit(2)
     return ep
-
-
-def save_cli_key(settings: Settings, secret: str) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.cli_key_path
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
-
-
-def cli_key(settings: Settings) -> str | None:
-    """The organization key the CLI uses (IE_API_KEY, else the one the local stack stored)."""
-    explicit = os.environ.get("IE_API_KEY")
-    if explicit:
-        return explicit
-    path = settings.cli_key_path
-    return path.read_text().strip() if path.exists() else None
 
 
 def print_problems(exc: RequestInvalid) -> None:

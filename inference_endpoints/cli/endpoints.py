@@ -1,9 +1,7 @@
-"""`endpoints create | list | show | stop | rm`."""
+"""`endpoints list | show | stop | rm` (and what `create` shows; create itself is in create.py)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Annotated
 
 import typer
@@ -12,96 +10,18 @@ from rich.table import Table
 from inference_endpoints.cli.common import (
     STATUS_STYLE,
     Context,
-    err,
-    fit_table,
     load_context,
     out,
     require_endpoint,
     use_stack,
     user_errors,
 )
-from inference_endpoints.models import Endpoint
-from inference_endpoints.runtime import model_root_resolver
+from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
-from inference_endpoints.status import Precision, Quantization
-from inference_endpoints.validation import CreateRequest
-
-
-def _phase_line(ctx: Context, endpoint_id: str, started: float) -> str:
-    ep = ctx.registry.get_endpoint(endpoint_id)
-    if ep is None:
-        return "recording…"
-    style = STATUS_STYLE.get(ep.status, "white")
-    return f"[{style}]{ep.status}[/] {ep.name}  ({time.monotonic() - started:.0f} s)"
-
-
-def create_cmd(
-    name: Annotated[str, typer.Argument(help="Endpoint name (a DNS label)")],
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint id or name")],
-    instance: Annotated[str, typer.Option(help="Instance type (see `endpoints instances`)")] = (
-        "cpu-dev"
-    ),
-    max_context: Annotated[str, typer.Option(help="Maximum context length in tokens")] = "2048",
-    precision: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")] = (
-        Precision.AUTO.value
-    ),
-    quantization: Annotated[str, typer.Option(help="none, fp8, awq, gptq, …")] = (
-        Quantization.NONE.value
-    ),
-    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Validate and render only; deploy nothing")] = False,
-) -> None:
-    """Create an endpoint serving a checkpoint and wait until it is healthy."""
-    from inference_endpoints.operations import plan_create
-
-    settings = Settings()
-    use_stack(settings)
-    ctx = load_context()
-    request = CreateRequest(name, checkpoint, instance, max_context, precision, quantization)
-    with user_errors():
-        plan = plan_create(ctx.registry, ctx.org_id, request,
-                           model_root_resolver(ctx.settings.run_dir / "engines"))
-    if dry_run:
-        out.print(fit_table(plan.request.fit.as_rows()))
-        out.print(config_table(plan.spec))
-        out.print("[green]Valid.[/] Dry run: nothing was deployed.")
-        return
-    from flows.create_endpoint import create_endpoint
-
-    org = ctx.registry.get_org(ctx.org_id)
-    assert org is not None
-    started = time.monotonic()
-    done = threading.Event()
-    status = out.status(f"Creating {name}…")
-
-    def follow() -> None:
-        while not done.wait(0.5):
-            ep = ctx.registry.find_endpoint(ctx.org_id, name)
-            if ep is not None:
-                status.update(_phase_line(ctx, ep.id, started))
-
-    watcher = threading.Thread(target=follow, daemon=True)
-    with status:
-        watcher.start()
-        try:
-            create_endpoint(name=name, checkpoint=checkpoint, instance=instance,
-                            max_context=int(max_context), precision=Precision(precision),
-                            quantization=Quantization(quantization), org=org.name,
-                            idempotency_key=idempotency_key)
-        except Exception:  # the registry holds the reason; shown below
-            pass
-        finally:
-            done.set()
-    ep = ctx.registry.find_endpoint(ctx.org_id, name)
-    if ep is None or ep.status != "healthy":
-        reason = f"{ep.reason_code}: {ep.reason_message}\n  hint: {ep.reason_hint}" if ep else ""
-        err.print(f"[bold red]Endpoint {name} failed[/] {reason}")
-        raise typer.Exit(1)
-    show_endpoint(ctx, ep.id)
 
 
 def config_table(spec: object) -> Table:
-    from inference_endpoints.serving_config import ServingSpec
+    from inference_endpoints.core.serving_config import ServingSpec
 
     assert isinstance(spec, ServingSpec)
     table = Table(show_header=False, title="Serving configuration")
@@ -130,7 +50,7 @@ def phase_timings(ep: Endpoint) -> str:
 
 
 def show_endpoint(ctx: Context, endpoint_id: str) -> None:
-    from inference_endpoints.serving_config import ServingSpec
+    from inference_endpoints.core.serving_config import ServingSpec
     from inference_endpoints.urls import endpoint_urls
 
     ep = ctx.registry.get_endpoint(endpoint_id)
@@ -166,7 +86,7 @@ def show_endpoint(ctx: Context, endpoint_id: str) -> None:
 
 def list_cmd() -> None:
     """List this organization's endpoints, with requests running and served (from the gateway)."""
-    from inference_endpoints.gateway.stats import fetch_traffic
+    from inference_endpoints.adapters.gateway.stats import fetch_traffic
     from inference_endpoints.urls import endpoint_urls
 
     ctx = load_context()

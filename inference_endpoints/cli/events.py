@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from inference_endpoints.cli.common import err, out, use_stack
+from inference_endpoints.cli.common import err, load_context, out, use_stack, user_errors
 from inference_endpoints.settings import Settings
 
 POLICIES = ("none", "create", "replace")
@@ -25,14 +25,15 @@ def emit_finetune_completed_cmd(
     if policy not in POLICIES:
         err.print(f"[red]policy must be one of {', '.join(POLICIES)}, got {policy!r}[/]")
         raise typer.Exit(2)
-    if not checkpoint_path.is_dir():
+    real = _checked_source(checkpoint_path)
+    if not real.is_dir():
         err.print(f"[red]{checkpoint_path} is not a directory[/]")
         raise typer.Exit(2)
     settings = Settings()
     use_stack(settings)
     from prefect.events import emit_event
 
-    payload = {"checkpoint_path": str(checkpoint_path.resolve()), "organization": settings.org,
+    payload = {"checkpoint_path": str(real), "organization": settings.org,
                "policy": policy, "endpoint": endpoint or "", "base_model": base_model or "",
                "checkpoint_name": checkpoint_name or ""}
     event = emit_event("finetune.completed", resource={"prefect.resource.id": f"finetune.job.{job}"},
@@ -42,3 +43,19 @@ def emit_finetune_completed_cmd(
         raise typer.Exit(1)
     out.print(f"emitted finetune.completed for job {job} (event {event.id}); "
               "follow it with `endpoints list` or in the Prefect UI")
+
+
+def _checked_source(path: Path) -> Path:
+    """The flow registers only from the organization's import roots: say so now, not in the flow."""
+    from inference_endpoints.core.bounds import path_problems
+    from inference_endpoints.core.errors import RequestInvalid
+    from inference_endpoints.services.import_roots import check_source
+
+    ctx = load_context()
+    org = ctx.registry.get_org(ctx.org_id)
+    assert org is not None
+    with user_errors():
+        problems = path_problems(str(path), "checkpoint_path")
+        if problems:
+            raise RequestInvalid(problems)
+        return check_source(ctx.registry, ctx.sources, org, str(path))

@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
-from inference_endpoints.errors import invalid
-from inference_endpoints.validation import DNS_LABEL
+from inference_endpoints.core.errors import invalid
+from inference_endpoints.core.validation import DNS_LABEL
 
 key_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke organization API keys.")
 org_app = typer.Typer(no_args_is_help=True, help="Create organizations.")

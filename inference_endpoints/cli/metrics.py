@@ -7,16 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from inference_endpoints.cli.common import err, load_context, out, require_endpoint
-from inference_endpoints.metrics.config import MetricsConfig
-from inference_endpoints.metrics.format import format_value, sparkline
-from inference_endpoints.metrics.queries import WINDOWS
-from inference_endpoints.metrics.series import (
+from inference_endpoints.adapters.metrics.config import MetricsConfig
+from inference_endpoints.adapters.metrics.format import format_value, sparkline
+from inference_endpoints.adapters.metrics.queries import WINDOWS
+from inference_endpoints.adapters.metrics.series import (
     MetricsReport,
     PrometheusUnavailable,
     current_values,
     endpoint_series,
 )
+from inference_endpoints.cli.common import err, load_context, out, require_endpoint
 
 DEVICE_WORDS = {"cpu": "CPU: the engine's processes (no GPU on this host)", "gpu": "GPU (NVML)",
                 None: "no device metrics in this window"}

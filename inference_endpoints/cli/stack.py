@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from inference_endpoints.cli.common import Context, cli_key, err, load_context, out, use_stack, user_errors
-from inference_endpoints.cli.endpoints import create_cmd, stop_endpoint_by_name
+from inference_endpoints.cli.create import create_cmd
+from inference_endpoints.cli.endpoints import stop_endpoint_by_name
+from inference_endpoints.core.status import EndpointStatus
 from inference_endpoints.settings import Settings
-from inference_endpoints.status import EndpointStatus
+
+if TYPE_CHECKING:
+    from inference_endpoints.localstack.stack import LocalStack
 
 DOCKER_CACHE = Path.home() / ".cache" / "inference-endpoints" / "dockerd"
 CPU_ENGINE_IMAGE = "inference-endpoints/vllm-cpu:0.32.0"
@@ -20,8 +24,12 @@ CPU_ENGINE_IMAGE = "inference-endpoints/vllm-cpu:0.32.0"
 def up_cmd(
     runtime: Annotated[str, typer.Option(help="How cpu-dev engines run: process or docker")] = "process",
 ) -> None:
-    """Start the local stack: Prefect server, workers, gateway, console, Prometheus."""
-    from inference_endpoints.stack import LocalStack, engine_python_default
+    """Start the local stack: Prefect server, workers, gateway, console, Prometheus.
+
+    Parts that are already running (this stack's own, alive and answering) are kept;
+    missing or dead ones are started again.
+    """
+    from inference_endpoints.localstack.stack import LocalStack
 
     if runtime not in ("process", "docker"):
         err.print(f"[red]--runtime must be process or docker, got {runtime!r}[/]")
@@ -30,104 +38,174 @@ def up_cmd(
     stack = LocalStack(settings)
     use_stack(settings)
     ctx = load_context()
+    try:
+        _bring_up(stack, settings, runtime)
+    except _stack_errors() as exc:
+        _report_failed_up(stack, exc)
+        raise typer.Exit(1) from None
+    _report_up(stack)
+    print_status(ctx, stack)
+
+
+def _stack_errors() -> tuple[type[BaseException], ...]:
+    """What starting the stack raises when a part cannot start (shown as a message, not a traceback)."""
+    import subprocess
+
+    import httpx
+    from prefect.exceptions import PrefectException
+
+    # RuntimeError covers StackError/PortTaken and `prefect deploy` failing; OSError a missing binary.
+    return (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError, httpx.HTTPError,
+            PrefectException)
+
+
+def _bring_up(stack: LocalStack, settings: Settings, runtime: str) -> None:
+    from deployments.apply import apply_all
+    from deployments.pools import POOLS
+    from inference_endpoints.localstack.stack import ENGINE_POOL, engine_python_default
+
     with out.status("Starting the Prefect server…"):
         stack.start_prefect()
     with out.status("Creating work pools, blocks and deployments…"):
-        from deployments.apply import apply_all
-        from deployments.pools import POOLS
-
         apply_all(settings, engine_python_default(), stack.env())
     if runtime == "docker":
-        from inference_endpoints.runtime.dockerd import dockerd_installed
+        from inference_endpoints.adapters.runtime.dockerd import dockerd_installed
 
         if not dockerd_installed():
             err.print("[red]dockerd is not installed here (apt-get install docker.io).[/]")
             raise typer.Exit(1)
         with out.status("Starting dockerd and building the local vLLM-CPU image "
                         "(cached; about 5 minutes the first time)…"):
-            out.print(f"cpu-dev engines run in containers (dockerd at "
+            out.print(f"{ENGINE_POOL} engines run in containers (dockerd at "
                       f"{stack.use_docker(DOCKER_CACHE, CPU_ENGINE_IMAGE)})")
+    else:
+        previous = stack.use_process_runtime(engine_python_default())
+        if previous is not None:
+            out.print(f"{ENGINE_POOL} engines run as local processes again (they were set to "
+                      f"Docker at {previous}; `endpoints up --runtime docker` to go back)", soft_wrap=True)
     with out.status("Starting workers, the gateway and Prometheus…"):
         for pool in POOLS:
             stack.start_worker(pool.name)
         stack.start_gateway()
         stack.start_metrics()
         stack.start_console()
-    print_status(ctx, stack)
 
 
-def print_status(ctx: Context, stack: object) -> None:
-    from inference_endpoints.processes import alive
-    from inference_endpoints.stack import LocalStack
+def _report_up(stack: LocalStack) -> None:
+    if stack.reused:
+        out.print(f"kept running: {', '.join(stack.reused)}", soft_wrap=True)
+        if stack.started:
+            out.print(f"started: {', '.join(stack.started)}", soft_wrap=True)
 
-    assert isinstance(stack, LocalStack)
+
+def _report_failed_up(stack: LocalStack, exc: BaseException) -> None:
+    from inference_endpoints.localstack.stack import PortTaken, StackError
+
+    if isinstance(exc, PortTaken):
+        err.print(f"[red]{exc}[/]")
+        return
+    message = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, StackError):
+        message = f"{type(exc).__name__}: {message}"
+    err.print(f"[red]The local stack did not start:[/] {message}")
+    err.print(f"logs: {stack.settings.log_dir}; `endpoints down` stops the parts that did start")
+
+
+def print_status(ctx: Context, stack: LocalStack) -> bool:
+    """The status table; returns whether every core part (Prefect, workers, gateway) is up."""
+    from deployments.pools import POOLS
+    from inference_endpoints.adapters.processes import alive
+
     state = stack.read_state()
     table = Table("component", "where", "state", title="Inference Endpoints")
     prefect_ok = stack.prefect_healthy()
-    table.add_row("Prefect server", stack.prefect_url.removesuffix("/api"),
-                  "[green]up[/]" if prefect_ok else "[red]down[/]")
-    for pool, pid in (state.workers if state else {}).items():
-        table.add_row(f"worker ({pool})", f"pid {pid}",
-                      "[green]up[/]" if alive(pid) else "[red]down[/]")
+    table.add_row("Prefect server", stack.prefect_url.removesuffix("/api"), _up(prefect_ok))
+    workers = dict(state.workers) if state else {}
+    core_ok = prefect_ok
+    for pool in [p.name for p in POOLS] + [p for p in workers if p not in {q.name for q in POOLS}]:
+        pid = workers.get(pool)
+        worker_ok = alive(pid)
+        core_ok = core_ok and worker_ok
+        table.add_row(f"worker ({pool})", f"pid {pid}" if pid else "-", _up(worker_ok))
+    gateway_ok = stack.gateway_healthy()
+    core_ok = core_ok and gateway_ok
     table.add_row("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
-                  "[green]up[/]" if stack.gateway_healthy() else "[red]down[/]")
+                  _up(gateway_ok))
     table.add_row("console and REST API", f"{stack.console_url}  ·  {stack.console_url}/openapi.json",
-                  "[green]up[/]" if stack.console_healthy() else "[red]down[/]")
+                  _up(stack.console_healthy()))
     prom = state.prometheus_url if state else None
     table.add_row("Prometheus (15d retention)", prom or "-",
-                  "[green]up[/]" if state and alive(state.prometheus_pid) else "[red]down[/]")
+                  _up(bool(state and alive(state.prometheus_pid))))
     key = cli_key(ctx.settings)
     table.add_row("API key (CLI)", f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else "-", "")
     table.add_row("registry", ctx.settings.db_url, "")
     table.add_row("checkpoint store", str(ctx.settings.store_root), "")
     table.add_row("logs", str(ctx.settings.log_dir), "")
     out.print(table)
+    return core_ok
+
+
+def _up(ok: bool) -> str:
+    return "[green]up[/]" if ok else "[red]down[/]"
 
 
 def status_cmd() -> None:
-    """Show where the local stack's parts are and whether they are up."""
-    from inference_endpoints.stack import LocalStack
+    """Show where the local stack's parts are and whether they are up (exit 1 if a core part is down)."""
+    from inference_endpoints.localstack.stack import LocalStack
 
     settings = Settings()
     ctx = load_context()
-    print_status(ctx, LocalStack(settings))
+    if not print_status(ctx, LocalStack(settings)):
+        err.print("A core part (Prefect server, a worker or the gateway) is down: `endpoints up` "
+                  "starts what is missing.")
+        raise typer.Exit(1)
 
 
 def down_cmd() -> None:
-    """Stop every running endpoint, then the workers and the Prefect server."""
-    from inference_endpoints.stack import LocalStack
+    """Stop every running endpoint, then everything the local stack started."""
+    from inference_endpoints.localstack.stack import LocalStack
 
     settings = Settings()
     use_stack(settings)
     ctx = load_context()
     stack = LocalStack(settings)
-    if stack.prefect_healthy():
+    running = [ep for ep in ctx.registry.list_endpoints(ctx.org_id)
+               if not EndpointStatus(ep.status).is_terminal]
+    if running and stack.prefect_healthy():
         from flows.stop_endpoint import stop_endpoint
 
         org = ctx.registry.get_org(ctx.org_id)
-        for ep in ctx.registry.list_endpoints(ctx.org_id):
-            if not EndpointStatus(ep.status).is_terminal:
-                with out.status(f"Stopping endpoint {ep.name}…"):
+        for ep in running:
+            with out.status(f"Stopping endpoint {ep.name}…"):
+                try:
                     stop_endpoint(endpoint=ep.id, org=org.name if org else settings.org)
+                except Exception as exc:  # one endpoint must not keep the stack running; say why
+                    err.print(f"[red]Could not stop endpoint {ep.name}:[/] {type(exc).__name__}: {exc}")
+    elif running:
+        err.print(f"Prefect is not answering, so {len(running)} endpoint(s) were not stopped "
+                  f"({', '.join(ep.name for ep in running)}).")
     with out.status("Stopping workers, gateway, console, Prometheus, dockerd and the Prefect server…"):
-        stack.stop()
-    out.print("[green]Local stack stopped.[/]")
+        stopped = stack.stop()
+    if stopped:
+        out.print(f"[green]Local stack stopped:[/] {', '.join(stopped)}", soft_wrap=True)
+    else:
+        out.print("Nothing of the local stack is running.")
 
 
 def demo_cmd() -> None:
     """The main job: bring the stack up, serve the demo checkpoint, and call it."""
-    from inference_endpoints.demo import default_demo_dir, make_demo
+    from inference_endpoints.localstack.demo import default_demo_dir, make_demo
 
     up_cmd(runtime="process")
     ctx = load_context()
     with out.status("Building the demo checkpoint (cached after the first time)…"):
         demo = make_demo(default_demo_dir())
-    from inference_endpoints.operations import register_checkpoint
+    from inference_endpoints.services.operations import register_checkpoint
 
     for path, name in ((demo.full, "demo-tiny-llama"), (demo.lora, "demo-tiny-llama-lora")):
         if ctx.registry.find_checkpoint(ctx.org_id, name, available_only=True) is None:
             with user_errors():
-                register_checkpoint(ctx.registry, ctx.store, ctx.org_id, path, name)
+                register_checkpoint(ctx.registry, ctx.store, ctx.org_id, path, name, sources=ctx.sources)
             out.print(f"registered checkpoint [bold]{name}[/]")
     ep = ctx.registry.find_endpoint(ctx.org_id, "demo")
     if ep is not None and ep.status != "healthy":
@@ -135,7 +213,8 @@ def demo_cmd() -> None:
         ep = None
     if ep is None:
         create_cmd("demo", checkpoint="demo-tiny-llama", instance="cpu-dev", max_context="1024",
-                   precision="float32", quantization="none", idempotency_key=None, dry_run=False)
+                   precision="float32", quantization="none", idempotency_key=None, dry_run=False,
+                   startup_timeout_s=None)
     ep = ctx.registry.find_endpoint(ctx.org_id, "demo")
     assert ep is not None
     from openai import OpenAI

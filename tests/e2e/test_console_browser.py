@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inference_endpoints.processes import stop_group
-from inference_endpoints.stack import PROJECT_DIR
+from inference_endpoints.adapters.processes import stop_group
+from inference_endpoints.localstack.stack import PROJECT_DIR
 from tests.e2e.conftest import E2EStack
 
 pytestmark = pytest.mark.e2e
@@ -46,13 +46,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def console_url(e2e: E2EStack) -> Iterator[str]:
-    """`python -m inference_endpoints.console.server` with the session's environment; stopped by PID."""
+    """`python -m inference_endpoints.adapters.console.server` with the session's environment; stopped by PID."""
     port = _free_port()
     env = {**e2e.stack.env(), "IE_CONSOLE_PORT": str(port), "IE_CONSOLE_IDLE_THRESHOLD_MINUTES": "30"}
     log_path = e2e.settings.log_dir / "console.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "inference_endpoints.console.server"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "inference_endpoints.adapters.console.server"], env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=PROJECT_DIR, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -75,8 +75,7 @@ def console_url(e2e: E2EStack) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (scripts/setup.sh installs Debian's chromium)"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -122,6 +121,7 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
 
     # ---- register the demo checkpoint under its own name (deleted at the end) ----
     page.goto(f"{console_url}/checkpoints")
+    expect(page.locator("#import-roots")).to_contain_text(str(e2e.demo.full.parent.resolve()))  # demo cache
     page.fill("#r-path", str(e2e.demo.full))
     page.fill("#r-name", CKPT)
     page.click("#register button[type=submit]")
@@ -247,9 +247,16 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
     expect(ckpt_row.locator(".used-by a")).to_have_count(0)
     from flows.collect_garbage import collect_checkpoint_garbage
 
-    report = collect_checkpoint_garbage(dry_run=False)
-    print(f"[console] garbage collection: {report['counts']}")
-    page.reload()
+    # The collector also waits for Prefect to call the serve run final (it may still say
+    # Cancelling just after the endpoint shows stopped), so collect until it reclaims.
+    deadline = time.monotonic() + 60
+    while True:
+        report = collect_checkpoint_garbage(dry_run=False)
+        print(f"[console] garbage collection: {report['counts']}")
+        page.reload()
+        if ckpt_row.get_attribute("data-status") == "reclaimed" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     expect(ckpt_row).to_have_attribute("data-status", "reclaimed")
     page.screenshot(path=str(ARTIFACTS / "console-checkpoints.png"), full_page=True)
 

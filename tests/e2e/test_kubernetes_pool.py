@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -23,8 +24,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
 from blocks.settings_blocks import EngineHost
-from inference_endpoints.k8s_manifest import BACKEND_KEY_FIELD
-from inference_endpoints.status import EndpointStatus, ReasonCode
+from inference_endpoints.adapters.k8s_manifest import BACKEND_KEY_FIELD, ENDPOINT_ID_LABEL, ENGINE_PORT
+from inference_endpoints.adapters.runtime.engine_guard import GUARD_MIDDLEWARE, GUARD_SOURCE_ENV, GUARD_TARGET
+from inference_endpoints.core.status import EndpointStatus, ReasonCode
 from tasks.runs import run_state
 from tests.e2e.conftest import E2EStack, paused_deployment
 from tests.fake_kube_api import FakeKubeApi
@@ -35,13 +37,20 @@ pytestmark = pytest.mark.e2e
 POOL = "gpu-kubernetes"
 NAMESPACE = "inference"
 PVC = "ckpt-store"
+CONTROL_PLANE = "127.0.0.1"  # the gateway's and Prometheus' host: this one
 
 
 def _save_host(kubeconfig: Path) -> None:
     default = EngineHost.load("default")
     assert isinstance(default, EngineHost)
     EngineHost(engine_python=default.engine_python, run_dir=default.run_dir, log_dir=default.log_dir,
-               kubeconfig=str(kubeconfig), namespace=NAMESPACE, checkpoint_pvc=PVC).save(POOL, overwrite=True)
+               kubeconfig=str(kubeconfig), namespace=NAMESPACE, checkpoint_pvc=PVC,
+               control_plane_cidrs=CONTROL_PLANE).save(POOL, overwrite=True)
+
+
+def _policies_of(cluster: FakeKubeApi, endpoint_id: str) -> list[dict[str, Any]]:
+    return [p for p in cluster.network_policies.values()
+            if p["spec"]["podSelector"]["matchLabels"].get(ENDPOINT_ID_LABEL) == endpoint_id]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +132,27 @@ def test_h100_x2_lora_endpoint_submits_the_job_the_kubernetes_worker_renders(
     assert labels["inference-endpoints.endpoint-id"] == ep.id
     assert labels["prefect.io/flow-run-id"] == run_id
 
+    # The engine runs the guard, without privilege.
+    assert engine.command[:2] == ["sh", "-c"] and engine.command[-2:] == ["-m", "vllm.entrypoints.openai.api_server"]
+    at = args.index(GUARD_MIDDLEWARE[0])
+    assert args[at:at + 2] == GUARD_MIDDLEWARE
+    env = {e.name: e.value for e in engine.env}
+    assert env["PYTHONPATH"] == GUARD_TARGET and env[GUARD_SOURCE_ENV]
+    context = engine.security_context
+    assert (context.read_only_root_filesystem, context.allow_privilege_escalation) == (True, False)
+    assert context.capabilities.drop == ["ALL"]
+
+    # Its NetworkPolicy was created on the cluster before the run was submitted: it selects
+    # this pod and admits only the control plane and the endpoint's own pods to the engine port.
+    [policy] = _policies_of(cluster, ep.id)
+    validated(policy, "V1NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    engine_rule = policy["spec"]["ingress"][0]
+    assert engine_rule["ports"] == [{"protocol": "TCP", "port": ENGINE_PORT}]
+    assert engine_rule["from"] == [{"ipBlock": {"cidr": f"{CONTROL_PLANE}/32"}},
+                                   {"podSelector": policy["spec"]["podSelector"]}]
+
     # The engine's key is in a Secret created on the cluster before the run was submitted.
     [key_ref] = [e.value_from.secret_key_ref for e in engine.env if e.name == "VLLM_API_KEY"]
     assert cluster.secret_value(NAMESPACE, key_ref.name, BACKEND_KEY_FIELD) == ep.backend_api_key
@@ -134,6 +164,7 @@ def test_h100_x2_lora_endpoint_submits_the_job_the_kubernetes_worker_renders(
     assert run_state(run_id) == StateType.CANCELLED
     assert e2e.registry.open_lease_count(ep.id) == 0
     assert (NAMESPACE, key_ref.name) not in cluster.secrets, "the engine key Secret outlived the endpoint"
+    assert not _policies_of(cluster, ep.id), "the engine NetworkPolicy outlived the endpoint"
     creator.join(timeout=60)
     assert not creator.is_alive(), "create-endpoint did not return after the stop"
 
@@ -152,6 +183,7 @@ def test_unreachable_cluster_fails_the_endpoint_and_leaves_nothing(
     assert ep.reason_code == ReasonCode.DEPLOY_FAILED
     assert "gpu-kubernetes" in (ep.reason_message or "")
     assert ep.serve_run_id is None, "a serve run was submitted without its key Secret"
+    assert not _policies_of(cluster, ep.id)
     assert e2e.registry.open_lease_count(ep.id) == 0
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs()

@@ -9,7 +9,6 @@ too: every series of the endpoint must have non-zero data and none of theirs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import sys
@@ -28,17 +27,19 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from inference_endpoints.metrics.config import MetricsConfig
-from inference_endpoints.metrics.discovery import start_discovery, stop_discovery
-from inference_endpoints.metrics.exporter import Exporter, start_exporter
-from inference_endpoints.metrics.prometheus import start_prometheus, stop_prometheus
-from inference_endpoints.metrics.series import MetricsReport, endpoint_series
-from inference_endpoints.models import Checkpoint, Endpoint, utcnow
-from inference_endpoints.processes import alive, spawn, stop_group, wait_until
-from inference_endpoints.runtime.base import EngineLabels
-from inference_endpoints.status import EndpointStatus
+from inference_endpoints.adapters.console import server as console_server
+from inference_endpoints.adapters.metrics.config import MetricsConfig
+from inference_endpoints.adapters.metrics.discovery import start_discovery, stop_discovery
+from inference_endpoints.adapters.metrics.exporter import Exporter, start_exporter
+from inference_endpoints.adapters.metrics.prometheus import start_prometheus, stop_prometheus
+from inference_endpoints.adapters.metrics.series import MetricsReport, endpoint_series
+from inference_endpoints.adapters.processes import alive, spawn, stop_group, wait_until
+from inference_endpoints.adapters.runtime.base import EngineLabels
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.persistence.models import Checkpoint, Endpoint, utcnow
 from tests.e2e.conftest import E2EStack
 from tests.e2e.engine_tools import backend_port, listener_pid
+from tests.lifecycle_support import put_status
 from tests.prometheus_support import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -169,8 +170,8 @@ def lookalikes(e2e: E2EStack) -> Iterator[LookAlikes]:
         yield LookAlikes((e2e.org_name, OTHER_NAME), (OTHER_ORG, NAME), secret)
     finally:
         for ep_id in ids:  # ended: out of discovery, the gateway and the session's teardown
-            e2e.registry.transition(ep_id, EndpointStatus.STOPPING)
-            e2e.registry.transition(ep_id, EndpointStatus.STOPPED)
+            put_status(e2e.registry, ep_id, EndpointStatus.STOPPING)
+            put_status(e2e.registry, ep_id, EndpointStatus.STOPPED)
         for fake in fakes:
             fake.stop()
 
@@ -338,13 +339,11 @@ def test_every_series_has_data_for_the_endpoint_and_none_of_anothers(
 
 def test_metrics_tab_screenshot_under_load(e2e: E2EStack, metrics: Metrics, served: Served,
                                            burst: Burst) -> None:
-    """Written to test-artifacts/metrics-tab.png when the console exists."""
-    if importlib.util.find_spec("inference_endpoints.console.server") is None:
-        pytest.skip("no console yet (inference_endpoints.console.server): screenshot step skipped")
+    """Written to test-artifacts/metrics-tab.png."""
     port = free_port()
     env = {**e2e.stack.env(), "IE_CONSOLE_PORT": str(port), "IE_PROMETHEUS_URL": metrics.prometheus_url}
     log = e2e.settings.log_dir / "console-metrics-e2e.log"
-    pid = spawn([sys.executable, "-m", "inference_endpoints.console.server"], log, env)
+    pid = spawn([sys.executable, "-m", console_server.__name__], log, env)
     base = f"http://127.0.0.1:{port}"
     stop_load = threading.Event()
     load = threading.Thread(target=_steady_load, args=(e2e, stop_load))
@@ -354,9 +353,11 @@ def test_metrics_tab_screenshot_under_load(e2e: E2EStack, metrics: Metrics, serv
         time.sleep(5)  # a few scrapes of the load
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "metrics-tab.png"
-        _screenshot(base, e2e.api_key, f"/endpoints/{NAME}?tab=metrics&window=15m", shot)
-        assert shot.stat().st_size > 10_000
-        print(f"\n[metrics-e2e] metrics tab screenshot: {shot}")
+        charts = _screenshot(base, e2e.api_key, f"/endpoints/{NAME}?tab=metrics&window=15m", shot)
+        print(f"\n[metrics-e2e] metrics tab screenshot: {shot}; charts: {charts}")
+        assert charts, "the metrics tab drew no chart"
+        for chart in charts:  # a Chart.js line with data, and pixels on its canvas that show it
+            assert chart["points"] > 0 and chart["painted"] > 0 and chart["colors"] >= 3, chart
     finally:
         stop_load.set()
         if load.is_alive():
@@ -382,7 +383,20 @@ def _steady_load(e2e: E2EStack, stop: threading.Event) -> None:
         list(pool.map(loop, range(8)))
 
 
-def _screenshot(base: str, api_key: str, path: str, out: Path) -> None:
+# For each chart canvas: its title, the points Chart.js holds, painted pixels and distinct colours.
+CANVAS_STATS = """() => Array.from(document.querySelectorAll('#metrics-charts .chart canvas')).map(c => {
+  const chart = window.Chart && window.Chart.getChart(c);
+  const points = chart ? chart.data.datasets.reduce((n, d) => n + d.data.length, 0) : 0;
+  const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let painted = 0; const colors = new Set();
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] > 0) { painted++; colors.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]); }
+  }
+  return {title: c.parentElement.querySelector('h3').textContent, points, painted, colors: colors.size};
+})"""
+
+
+def _screenshot(base: str, api_key: str, path: str, out: Path) -> list[dict[str, object]]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -397,5 +411,7 @@ def _screenshot(base: str, api_key: str, path: str, out: Path) -> None:
             assert page.locator("#metrics-unavailable").count() == 0, page.inner_text("#metrics")
             page.wait_for_timeout(1500)  # let the charts finish drawing
             page.screenshot(path=str(out), full_page=True)
+            charts: list[dict[str, object]] = page.evaluate(CANVAS_STATS)
+            return charts
         finally:
             browser.close()

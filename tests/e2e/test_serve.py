@@ -18,15 +18,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
 
-from inference_endpoints.checkpoints import checkpoint_digest
-from inference_endpoints.operations import plan_create, register_checkpoint
-from inference_endpoints.runtime import model_root_resolver
-from inference_endpoints.serving_config import ServingSpec
-from inference_endpoints.validation import CreateRequest
+from inference_endpoints.adapters.runtime import model_root_resolver
+from inference_endpoints.core.serving_config import ServingSpec
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.services.checkpoints import checkpoint_digest
+from inference_endpoints.services.operations import plan_create, register_checkpoint
 from tests.e2e.conftest import E2EStack, engine_processes
 from tests.e2e.engine_tools import (
     alive,
+    as_the_engine,
+    assert_only_the_key_opens_the_engine,
     backend_port,
+    engine_privileges,
     listener_pid,
     port_open,
     process_tree,
@@ -84,6 +87,18 @@ def test_full_checkpoint_lifecycle_survives_a_killed_worker(e2e: E2EStack) -> No
     result = write_in_mount_namespace(leader, f"{target}/new-file")
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result
     assert not any(Path(target).iterdir()), "the mount must not be visible outside the engine"
+    # And the engine cannot take the mount back: it holds no capability and can gain none.
+    for pid in engine_pids:
+        held = engine_privileges(pid)
+        assert held["CapEff"] == held["CapBnd"] == "0000000000000000" and held["NoNewPrivs"] == "1", held
+    for command in (f"mount -o remount,bind,rw {target}", f"umount {target}", f"echo x > {target}/x"):
+        result = as_the_engine(leader, command)
+        assert result.returncode != 0, (command, result)
+    assert checkpoint_digest(stored) == ckpt.digest, "checkpoint bytes changed"
+    # Nothing but the gateway (which holds the engine's key) gets an answer from the engine.
+    tried = assert_only_the_key_opens_the_engine(ep.backend_url, ep.backend_api_key or "")
+    print(f"engine routes refused without the key: {tried}")
+    assert tried > 10
 
     # Kill the worker that launched the serve run: the endpoint keeps serving, and is still
     # stoppable, because the serve run watches its own state in Prefect.
@@ -108,6 +123,11 @@ def test_full_checkpoint_lifecycle_survives_a_killed_worker(e2e: E2EStack) -> No
     assert e2e.registry.find_endpoint(e2e.org_id, "full-demo") is None
 
 
+def greedy(client: OpenAI, model: str) -> str:
+    return client.completions.create(model=model, prompt="The endpoint", max_tokens=24,
+                                     temperature=0).choices[0].text
+
+
 def test_lora_adapter_served_on_its_base(e2e: E2EStack) -> None:
     e2e.ensure_worker()
     ep = e2e.create("lora-demo", checkpoint="demo-tiny-llama-lora")
@@ -116,8 +136,15 @@ def test_lora_adapter_served_on_its_base(e2e: E2EStack) -> None:
     client = client_for(e2e, "lora-demo")
     models = {m.id for m in client.models.list().data}
     assert {"lora-demo", "lora-demo-base"} <= models
-    text = client.completions.create(model="lora-demo", prompt="Hello", max_tokens=8).choices[0].text
-    assert isinstance(text, str)
+    # The adapter is really applied: at temperature 0 (deterministic) the adapter and its base
+    # answer differently; an adapter loaded but not applied would give the base's text. (Off-line,
+    # transformers + peft give " is boring. It starts, …" for the base and " morning was co
+    # course …" with the adapter on this prompt.)
+    adapted, base = greedy(client, "lora-demo"), greedy(client, "lora-demo-base")
+    print(f"\n[lora] base: {base!r}\n[lora] adapter: {adapted!r}")
+    assert adapted.strip() and base.strip()
+    assert greedy(client, "lora-demo-base") == base and greedy(client, "lora-demo") == adapted
+    assert adapted != base, f"the adapter answers exactly like its base: {adapted!r}"
     chat = client.chat.completions.create(model="lora-demo", max_tokens=12,
                                           messages=[{"role": "user", "content": "hi"}])
     assert chat.choices[0].message.content is not None
@@ -143,10 +170,11 @@ def test_lora_adapter_served_on_its_base(e2e: E2EStack) -> None:
 
 def test_corrupt_weights_fail_with_the_engines_error(e2e: E2EStack, tmp_path: Path) -> None:
     e2e.ensure_worker()
-    damaged = tmp_path / "damaged"
+    damaged = e2e.drop_folder() / f"damaged-{tmp_path.name}"  # registered from the org's drop folder
     shutil.copytree(e2e.demo.full, damaged)
     swap_tensor_shape(damaged, "model.layers.0.mlp.down_proj.weight")
-    register_checkpoint(e2e.registry, e2e.store, e2e.org_id, damaged, "damaged")
+    register_checkpoint(e2e.registry, e2e.store, e2e.org_id, damaged, "damaged", sources=e2e.sources)
+    shutil.rmtree(damaged)  # the store has its own copy
     ep = e2e.create("damaged", checkpoint="damaged")
     assert ep.status == "failed"
     assert ep.reason_code == "engine_exited"

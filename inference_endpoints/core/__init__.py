@@ -1,0 +1,1 @@
+"""The domain core: pure rules and decisions (no Prefect, no database, no network)."""

@@ -1,0 +1,1 @@
+"""Persistence: registry tables, repositories with guarded updates, migrations, the checkpoint store."""

@@ -1,0 +1,1 @@
+"""Use cases that combine the core and persistence: register, plan, collect."""

@@ -1,0 +1,243 @@
+"""The reconciler: load facts → decide (`core.reconcile`, pure) → apply each step as a guarded update.
+
+One function for every caller: the scheduled reconcile flow passes all endpoints, the
+create and stop flows and a serve run whose engine died pass their own endpoint, so a
+change is acted on at once and, if that caller dies, by the next scheduled pass. The
+orchestrator (Prefect) and the backend probe are injected, as the collector's are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlmodel import col, select
+
+from inference_endpoints.core.lifecycle import Purpose, Role
+from inference_endpoints.core.reconcile import (
+    Kind,
+    Observed,
+    Plan,
+    RestartPolicy,
+    Snapshot,
+    Step,
+    Timing,
+    decide,
+)
+from inference_endpoints.core.status import ReasonCode
+from inference_endpoints.persistence.checkpoint_lifecycle import transfer_leases
+from inference_endpoints.persistence.models import CheckpointLease, Endpoint, ServeRun, utcnow
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.serve_runs import intent_of, run_facts
+
+MAX_ROUNDS = 4  # decide → apply → decide again, so one call finishes what it can
+
+
+class Orchestrator(Protocol):
+    """What the reconciler needs from the orchestrator (Prefect in production)."""
+
+    def submit(self, endpoint: Endpoint, run: ServeRun) -> str:
+        """Start the serve run on its work pool; returns the flow run id. Idempotent per run."""
+        ...
+
+    def cancel(self, flow_run_id: str, message: str) -> bool:
+        """Ask the run to stop; True when it had not started and was cancelled outright."""
+        ...
+
+    def states(self, flow_run_ids: Sequence[str]) -> Mapping[str, str]:
+        """State type name per run, in one call; raises when the orchestrator cannot be read."""
+        ...
+
+    def stop_orphan(self, endpoint: Endpoint, run: ServeRun) -> int:
+        """Stop the engine still answering for a run whose serve run is gone; returns how many."""
+        ...
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """Clean up per-endpoint orchestration state once it has ended (e.g. a key Secret)."""
+        ...
+
+
+Probe = Callable[[Sequence[str]], Mapping[str, bool]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True)
+class Row:
+    endpoint: str
+    step: str
+    why: str
+    done: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"endpoint": self.endpoint, "decision": self.step, "why": self.why, "done": self.done}
+
+
+def endpoints_to_watch(registry: Registry, ids: Collection[str] | None) -> list[str]:
+    """Endpoints that want serving, still have a running serve run, or still hold leases."""
+    with registry.session() as s:
+        if ids is not None:
+            return list(s.exec(select(Endpoint.id).where(col(Endpoint.id).in_(list(ids)))))
+        wanted = set(s.exec(select(Endpoint.id).where(col(Endpoint.status).not_in(["stopped", "failed"]))))
+        running = set(s.exec(select(ServeRun.endpoint_id).where(col(ServeRun.ended_at).is_(None))))
+        leased = set(s.exec(select(CheckpointLease.endpoint_id)
+                            .where(col(CheckpointLease.released_at).is_(None))))
+        present = set(s.exec(select(Endpoint.id)))
+    return sorted((wanted | running | leased) & present)
+
+
+def _open_lease_runs(registry: Registry, endpoint_id: str) -> frozenset[str | None]:
+    with registry.session() as s:
+        return frozenset(s.exec(select(CheckpointLease.flow_run_id).where(
+            CheckpointLease.endpoint_id == endpoint_id, col(CheckpointLease.released_at).is_(None))))
+
+
+def snapshot(registry: Registry, endpoint: Endpoint, runs: list[ServeRun], states: Mapping[str, str],
+             answering: Mapping[str, bool], prefect_readable: bool) -> Snapshot:
+    timeout = endpoint.startup_timeout_s or registry.instances()[endpoint.instance].startup_timeout_s
+    observed = tuple(
+        Observed(run_facts(r), states.get(r.flow_run_id) if r.flow_run_id else None,
+                 bool(r.backend_url and answering.get(r.backend_url)),
+                 states.get(r.requested_by) if r.requested_by else None)
+        for r in runs)
+    return Snapshot(endpoint.id, endpoint.name, intent_of(endpoint), endpoint.live_run,
+                    endpoint.candidate_run, observed, timedelta(seconds=timeout),
+                    _open_lease_runs(registry, endpoint.id), prefect_readable)
+
+
+def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
+              endpoint_ids: Collection[str] | None = None, settings: Settings = Settings(),
+              clock: Callable[[], datetime] = utcnow, log: Callable[[str], None] = print) -> list[Row]:
+    """One pass over the chosen endpoints (all that need attention by default)."""
+    rows: list[Row] = []
+    for endpoint_id in endpoints_to_watch(registry, endpoint_ids):
+        for _ in range(MAX_ROUNDS):
+            done = _one_round(registry, control, probe, endpoint_id, settings, clock, log)
+            rows += done
+            if not any(r.step not in (Kind.WAIT.value,) for r in done):
+                break
+    return rows
+
+
+def _one_round(registry: Registry, control: Orchestrator, probe: Probe, endpoint_id: str,
+               settings: Settings, clock: Callable[[], datetime], log: Callable[[str], None]) -> list[Row]:
+    endpoint = registry.get_endpoint(endpoint_id)
+    if endpoint is None:
+        return []
+    runs = registry.runs.of(endpoint_id)
+    running = [r for r in runs if r.ended_at is None]
+    flow_runs = [r.flow_run_id for r in running if r.flow_run_id]
+    flow_runs += [r.requested_by for r in running if r.requested_by and r.id == endpoint.candidate_run]
+    try:
+        states, readable = (dict(control.states(flow_runs)) if flow_runs else {}), True
+    except Exception as exc:  # Prefect unreachable: no Prefect-based evidence this pass
+        log(f"{endpoint.name}: cannot read serve run states ({exc}); deciding on registry facts only")
+        states, readable = {}, False
+    answering = probe(sorted({r.backend_url for r in running if r.backend_url}))
+    plan: Plan = decide(snapshot(registry, endpoint, runs, states, answering, readable), clock(),
+                        settings.policy, settings.timing)
+    rows = []
+    by_id = {r.id: r for r in runs}
+    for step in plan.steps:
+        done = apply(registry, control, endpoint, by_id.get(step.run_id or ""), step)
+        log(f"{endpoint.name}: {step.kind} {step.run_id or ''} ({step.message}) → {done}")
+        rows.append(Row(endpoint.name, step.kind.value, step.message, done))
+    return rows
+
+
+def apply(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeRun | None,
+          step: Step) -> str:
+    """One step, as a guarded update; returns what was done (for the log and the artifact)."""
+    runs = registry.runs
+    if step.kind == Kind.SUBMIT and run is not None:
+        return _submit(registry, control, ep, run)
+    if step.kind == Kind.RESTART and run is not None:
+        new = runs.add_run(ep.id, Role.LIVE, Purpose.RESTART, expected_live=run.id)
+        if new is None:
+            return "superseded"
+        registry.record_activity(ep.id, "restart", step.message)
+        return f"generation {new.generation} recorded; " + _submit(registry, control, ep, new)
+    if step.kind == Kind.CANCEL and run is not None:
+        runs.request_run_stop(run.id)
+        if run.flow_run_id is None:
+            runs.ended(run.id, step.reason or ReasonCode.STOPPED_BY_USER, "stopped before it was submitted")
+            return "ended (never submitted)"
+        if control.cancel(run.flow_run_id, step.message):
+            runs.ended(run.id, step.reason or ReasonCode.STOPPED_BY_USER,
+                       f"cancelled before a worker started it: {step.message}")
+            return "cancelled before it started"
+        return "cancel requested"
+    if step.kind == Kind.STOP_ORPHAN and run is not None:
+        stopped = control.stop_orphan(ep, run)
+        registry.record_activity(ep.id, "orphan_stopped", f"stopped {stopped} engine(s) still "
+                                 f"answering for serve run {run.flow_run_id}")
+        runs.ended(run.id, step.reason or ReasonCode.WORKER_LOST, step.message)
+        return f"stopped {stopped} orphan engine(s)"
+    if step.kind == Kind.MARK_ENDED and run is not None:
+        return "marked ended" if runs.ended(run.id, step.reason or ReasonCode.RUN_ENDED,
+                                            step.message) else "already ended"
+    if step.kind == Kind.RELEASE:
+        if run is not None and run.flow_run_id:
+            return f"released {registry.release_run_leases(run.flow_run_id)} lease(s)"
+        released = registry.release_leases(ep.id)
+        try:  # before the settle that makes it `stopped`: stopped means nothing is left
+            control.forget(ep)
+        except Exception as exc:  # the endpoint has ended either way; say what is left
+            registry.record_activity(ep.id, "cleanup", f"orchestrator cleanup left something: {exc}")
+        runs.settle(ep.id)
+        return f"released {released} lease(s)"
+    if step.kind == Kind.PROMOTE and run is not None:
+        return "promoted" if runs.promote(ep.id, run.id) else "not promoted (changed meanwhile)"
+    if step.kind == Kind.ABANDON and run is not None:
+        runs.drop_candidate(ep.id, run.id, step.message)
+        if run.flow_run_id and run.ended_at is None:
+            control.cancel(run.flow_run_id, step.message)
+        return "replacement abandoned"
+    if step.kind == Kind.FAIL:
+        given = runs.give_up(ep.id, step.reason or ReasonCode.RUN_ENDED, step.message, ep.live_run)
+        return "verdict recorded" if given else "not recorded (changed meanwhile)"
+    if step.kind == Kind.REMOVE:
+        registry.remove_endpoint(ep.id)
+        return "removed"
+    return "waiting"
+
+
+def _submit(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeRun) -> str:
+    """Hand the run to the orchestrator, then tie the right leases to it."""
+    runs = registry.runs
+    try:
+        flow_run = control.submit(ep, run)
+    except Exception as exc:  # the pool, its cluster or Prefect refused it
+        if run.purpose == Purpose.START and run.role == Role.LIVE:
+            pool = registry.instances()[ep.instance].work_pool
+            runs.give_up(ep.id, ReasonCode.DEPLOY_FAILED,
+                         f"could not submit the serve run to pool {pool}: {exc}", expected_live=run.id)
+            return "deploy failed"
+        registry.record_activity(ep.id, "submit_deferred", f"serve run not submitted yet: {exc}")
+        return f"deferred ({exc})"
+    runs.record_submitted(run.id, flow_run)
+    if run.purpose == Purpose.START:
+        registry.assign_unowned_leases(ep.id, flow_run)
+        return f"submitted as {flow_run}"
+    if run.purpose == Purpose.RESTART:
+        if not transfer_leases(registry, ep.id, flow_run):
+            control.cancel(flow_run, "checkpoint is being reclaimed")
+            runs.give_up(ep.id, ReasonCode.CHECKPOINT_UNAVAILABLE,
+                         "cannot restart: its checkpoint was deleted and is being reclaimed", run.id)
+            return "refused: checkpoint being reclaimed"
+        return f"submitted as {flow_run}; leases moved to it"
+    view = registry.checkpoint_view(ep.org_id, run.checkpoint_id)
+    try:
+        assert view is not None
+        registry.lease_for_candidate(ep.id, ep.name, [view] + ([view.base] if view.base else []), flow_run)
+    except Exception as exc:  # deleted meanwhile: the endpoint keeps its current checkpoint
+        control.cancel(flow_run, "replacement's checkpoint is no longer available")
+        runs.drop_candidate(ep.id, run.id, f"replacement refused: {exc}")
+        return "refused: checkpoint unavailable"
+    return f"submitted as {flow_run}; replacement leased"
