@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.replica_counts import replica_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Endpoint
@@ -40,8 +41,12 @@ class EndpointFailed(RuntimeError):
 
 @task(cache_policy=NO_CACHE)
 def record(registry: Registry, org_name: str, request: CreateRequest,
-           idempotency_key: str | None, startup_timeout_s: int | None = None) -> Endpoint:
+           idempotency_key: str | None, startup_timeout_s: int | None = None,
+           replicas: tuple[int, int] = (1, 1)) -> Endpoint:
     """Validate, render and record the endpoint with its lease, or reuse the idempotent one."""
+    problems = replica_problems(*replicas)
+    if problems:
+        raise RequestInvalid(problems)
     org = registry.get_org_by_name(org_name)
     if org is None:
         raise RequestInvalid.single("org_not_found", "org", f"No organization {org_name!r}.")
@@ -63,6 +68,8 @@ def record(registry: Registry, org_name: str, request: CreateRequest,
     )
     if startup_timeout_s:
         registry.update_endpoint(endpoint.id, startup_timeout_s=startup_timeout_s)
+    if replicas != (1, 1):
+        registry.runs.scale(endpoint.id, *replicas)
     return endpoint
 
 
@@ -124,13 +131,16 @@ def create_endpoint(
                                         description="Same key, same endpoint: safe to retry"),
     startup_timeout_s: int | None = Field(default=None,
                                           description="Override the instance's startup timeout"),
+    min_replicas: int = Field(default=1, description="Engines kept serving (1 to 8)"),
+    max_replicas: int = Field(default=1, description="Upper bound for scaling (1 to 8, ≥ min)"),
 ) -> str:
     """Create an endpoint and wait until its stable URL serves; returns the endpoint id."""
     logger = get_run_logger()
     registry = load_context().registry
     request = CreateRequest(name, checkpoint, instance, max_context,
                             Precision(precision).value, Quantization(quantization).value)
-    endpoint = record(registry, org, request, idempotency_key, startup_timeout_s)
+    endpoint = record(registry, org, request, idempotency_key, startup_timeout_s,
+                      (min_replicas, max_replicas))
     endpoint = follow(registry, endpoint.id, org)
     if endpoint.status != EndpointStatus.HEALTHY:
         raise EndpointFailed(f"{endpoint.name} {endpoint.status}: {endpoint.reason_code}: "

@@ -16,6 +16,7 @@ putting the run back to `Running`, not by stopping.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -158,16 +159,18 @@ def _evidence_to_stop(registry: Registry, run: ServeRun, own: OwnState) -> Endin
 
 
 def _replaced(registry: Registry, run: ServeRun) -> bool:
-    """Another run took over the stable URL while the endpoint keeps serving (a rolling
-    replacement): this engine may still hold requests the gateway sent it before the switch."""
+    """Another run took over the stable URL (a rolling replacement), or this replica leaves
+    while the endpoint keeps serving: the engine may still hold requests the gateway sent it."""
     try:
         endpoint = registry.get_endpoint(run.endpoint_id)
         row = registry.runs.get(run.id)
     except Exception:  # cannot tell: stop at once, as before
         return False
-    return (endpoint is not None and row is not None and row.role == Role.LIVE.value
-            and row.ready_at is not None and endpoint.live_run not in (None, run.id)
-            and endpoint.desired == Desired.SERVING)
+    if endpoint is None or row is None or row.ready_at is None or endpoint.desired != Desired.SERVING:
+        return False
+    if row.role == Role.REPLICA.value:  # scaled down or superseded while the endpoint serves on
+        return True
+    return row.role == Role.LIVE.value and endpoint.live_run not in (None, run.id)
 
 
 def _drain(engine: EngineHandle, own: OwnState) -> None:
@@ -279,14 +282,18 @@ def serve_endpoint(endpoint_id: str, generation: int = 0, serve_run: str | None 
     engine: EngineHandle | None = None
     exporter: Exporter | None = None
     ending = Ending(ReasonCode.RUN_ENDED, "the serve run stopped unexpectedly")
+    log_path = Path(host.log_dir) / "engines" / f"{endpoint_id}-{own_flow_run[:8]}.log"
     try:
+        # Where to read it (`endpoints logs`), told before the engine starts: a start that
+        # fails at once leaves its reason there.
+        reporter.send(log_path=str(log_path), log_host=socket.gethostname())
         engine = runtime.start(
             spec,
             sources={m.target: ctx.store.path_of(m.source) for m in spec.mounts},
             host=host.backend_host,
             port=free_port(host.backend_host),
             labels=labels,
-            log_path=Path(host.log_dir) / "engines" / f"{endpoint_id}-{own_flow_run[:8]}.log",
+            log_path=log_path,
         )
         logger.info("%s engine started at %s (%s, generation %s)", runtime.kind, engine.url, run.role,
                     run.generation)
@@ -313,7 +320,7 @@ def serve_endpoint(endpoint_id: str, generation: int = 0, serve_run: str | None 
         if state == StateType.CANCELLING:
             # Confirm at once that we are gone; the worker (if any) would take ~5 s more.
             _set_own_state(own_flow_run, Cancelled(message="endpoint stopped"))
-        if ending.reason == ReasonCode.ENGINE_EXITED:
-            _kick_reconcile(registry, endpoint_id)
+        if ending.reason == ReasonCode.ENGINE_EXITED or run.role == Role.REPLICA.value:
+            _kick_reconcile(registry, endpoint_id)  # restart it, or release a retired replica's lease
     if ending.reason == ReasonCode.ENGINE_EXITED:
         raise RuntimeError(ending.message)

@@ -6,12 +6,13 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from inference_endpoints.adapters.health import probe_backends
+from inference_endpoints.core.reconcile import Capacity
 from inference_endpoints.persistence.models import Endpoint, ServeRun
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.services.reconciler import Row, Settings, reconcile
 from tasks.engines import runtime_for
 from tasks.kubernetes import forget_serve_job, prepare_serve_job
-from tasks.runs import cancel_run, read_run_states, submit_serve_run
+from tasks.runs import cancel_run, read_pool_slots, read_run_states, submit_serve_run
 
 
 class PrefectOrchestrator:
@@ -44,6 +45,11 @@ class PrefectOrchestrator:
 
     def forget(self, endpoint: Endpoint) -> None:
         forget_serve_job(self.registry, endpoint)
+
+    def capacity(self, endpoint: Endpoint) -> Capacity:
+        pool = self.registry.instances()[endpoint.instance].work_pool
+        limit, holders = read_pool_slots(pool)
+        return Capacity(pool, limit, tuple(holders))
 
 
 def reconcile_now(registry: Registry, endpoint_ids: Sequence[str] | None = None,

@@ -92,6 +92,23 @@ def read_run_states(run_ids: Sequence[str]) -> dict[str, str]:
     return {str(run.id): run.state.type.value for run in runs if run.state is not None}
 
 
+def read_pool_slots(pool: str) -> tuple[int | None, list[str]]:
+    """A work pool's concurrency limit and the names of the runs holding its slots.
+
+    Prefect's pool scheduler counts runs `Pending` or `Running` against the limit
+    (`prefect.server.models.workers.WORK_POOL_SLOT_OCCUPYING_STATES`).
+    """
+    with get_client(sync_client=True) as client:
+        limit = client.read_work_pool(pool).concurrency_limit
+        if limit is None:
+            return None, []
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=200)
+    return limit, sorted(run.name for run in runs)
+
+
 CONTROL_PLANE_POOL = "control-plane"
 STUCK_PENDING = timedelta(minutes=5)
 

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +367,9 @@ def test_status_changes_reach_the_route_table_by_themselves(world: World, client
     second = FakeUpstream(model="restarted", api_key=BACKEND_KEY)
     restarted = serve_in_thread(second)
     try:
-        world.registry.update_endpoint(ep, backend_url=restarted.url)
+        live = world.registry.get_endpoint(ep)
+        assert live is not None and live.live_run is not None
+        assert world.registry.runs.report(live.live_run, backend_url=restarted.url)  # as a serve run does
 
         def on_new_backend() -> bool:
             r = client.get(f"{world.path('flip')}/v1/models", headers=world.auth())
@@ -459,6 +462,26 @@ def test_metrics_by_org_endpoint_and_status_class(world: World, client: httpx.Cl
         "Host": world.host("counted")}).status_code == 401
 
 
+def test_a_routable_endpoints_series_exist_at_zero_before_its_first_request(
+        world: World, client: httpx.Client) -> None:
+    """Born at 0 when routable, so Prometheus can rate the very first burst."""
+    ep = world.add("fresh-series", status=EndpointStatus.LOADING)
+    world.settle()
+    key = ("ie_gateway_requests_total", (("endpoint", "fresh-series"), ("org", "default"),
+                                         ("status_class", "2xx")))
+    assert key not in _samples(client, world)  # not routable yet: nothing to rate
+    assert put_status(world.registry, ep, EndpointStatus.HEALTHY)
+    world.settle()
+    samples = _samples(client, world)
+    for klass in ("2xx", "4xx", "5xx"):
+        labels = (("endpoint", "fresh-series"), ("org", "default"), ("status_class", klass))
+        assert samples.get(("ie_gateway_requests_total", labels)) == 0.0, klass
+    assert samples.get(("ie_gateway_in_flight_requests",
+                        (("endpoint", "fresh-series"), ("org", "default")))) == 0.0
+    assert _status(client, world, "fresh-series") == 200
+    assert _samples(client, world)[key] == 1.0
+
+
 def test_gateway_health_is_open_and_admin_pages_need_the_admin_token(world: World,
                                                                      client: httpx.Client) -> None:
     health = client.get(f"{world.gateway.url}/health")
@@ -506,3 +529,56 @@ def test_fetch_traffic_reads_in_flight_counts(world: World, monkeypatch: pytest.
     assert traffic is not None and traffic[("default", "demo")].in_flight == 0
     assert traffic[("default", "demo")].requests > 0
     assert fetch_traffic(Settings(gateway_host="127.0.0.1", gateway_port=1)) is None
+
+
+# ---- replicas ---------------------------------------------------------------------------------
+
+def with_replica(registry: Registry, endpoint_id: str, backend_url: str) -> str:
+    """A second replica, ready at `backend_url`, recorded as the reconciler and its serve run do."""
+    assert registry.runs.scale(endpoint_id, 2, 2)
+    run = registry.runs.add_replica(endpoint_id, 1)
+    assert run is not None
+    registry.runs.record_submitted(run.id, f"fr-{run.id}")
+    now = datetime.now(UTC)
+    assert registry.runs.report(run.id, engine_started_at=now, backend_url=backend_url, ready_at=now,
+                                last_seen_at=now)
+    return run.id
+
+
+def test_requests_are_spread_over_ready_replicas(world: World, client: httpx.Client) -> None:
+    second = FakeUpstream(model="second", api_key=BACKEND_KEY)
+    other = serve_in_thread(second)
+    try:
+        ep = world.add("pair")
+        put_status(world.registry, ep, EndpointStatus.HEALTHY)
+        with_replica(world.registry, ep, other.url)
+        world.settle()
+        route = world.app.resolver.table.routes[("default", "pair")]
+        assert set(route.addresses) == {world.upstream.url, other.url}
+        before = (world.fake.state.completed, second.state.completed)
+        for _ in range(20):
+            r = client.post(f"{world.path('pair')}/v1/completions", headers=world.auth(),
+                            json={"prompt": "x", "max_tokens": 1})
+            assert r.status_code == 200, r.text
+        first_n, second_n = (world.fake.state.completed - before[0], second.state.completed - before[1])
+        assert first_n + second_n == 20 and first_n >= 5 and second_n >= 5, (first_n, second_n)
+    finally:
+        other.stop()
+
+
+def test_a_dead_replica_costs_no_request(world: World, client: httpx.Client) -> None:
+    """A replica whose engine is gone (connection refused) before the registry knows it: every
+    request is answered by the other one, retried before any byte went to the caller."""
+    ep = world.add("half-dead")
+    put_status(world.registry, ep, EndpointStatus.HEALTHY)
+    with_replica(world.registry, ep, world.dead_url)
+    world.settle()
+    assert world.dead_url in world.app.resolver.table.routes[("default", "half-dead")].addresses
+    statuses = [client.post(f"{world.path('half-dead')}/v1/completions", headers=world.auth(),
+                            json={"prompt": "x", "max_tokens": 1}).status_code for _ in range(10)]
+    assert statuses == [200] * 10
+    streamed = client.post(f"{world.path('half-dead')}/v1/completions", headers=world.auth(),
+                           json={"prompt": "x", "max_tokens": 3, "stream": True})
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text
+    errors = [r for r in world.app.metrics.stats()["endpoints"] if r["endpoint"] == "half-dead"]
+    assert errors and errors[0]["errors"] == 0

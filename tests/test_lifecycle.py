@@ -20,6 +20,7 @@ def run(rid: str = "r0", gen: int = 0, **facts: object) -> RunFacts:
 
 RECORDED = run()
 SUBMITTED = run(flow_run_id="fr0", submitted_at=T0)
+QUEUED = replace(SUBMITTED, queued_at=T0, queued_message="queued for capacity: work pool cpu-dev …")
 STARTED = replace(SUBMITTED, engine_started_at=T0, backend_url="http://127.0.0.1:9001")
 NOT_GENERATING = replace(STARTED, not_ready_message="first-token probe got HTTP 500")
 READY = replace(STARTED, ready_at=T0, last_seen_at=T0)
@@ -42,7 +43,9 @@ GAVE_UP = Intent(Desired.SERVING, verdict=ReasonCode.DEPLOY_TIMEOUT, verdict_mes
     (SERVE, [], None, S.PENDING, None),
     (SERVE, [RECORDED], "r0", S.PENDING, None),
     (SERVE, [SUBMITTED], "r0", S.DEPLOYING, None),
+    (SERVE, [QUEUED], "r0", S.DEPLOYING, ReasonCode.QUEUED_FOR_CAPACITY),
     (SERVE, [STARTED], "r0", S.LOADING, None),
+    (SERVE, [replace(QUEUED, engine_started_at=T0)], "r0", S.LOADING, None),  # its note is history
     (SERVE, [NOT_GENERATING], "r0", S.LOADING, None),  # /health alone is not ready
     (SERVE, [READY], "r0", S.HEALTHY, None),
     (SERVE, [FLAKY], "r0", S.HEALTHY, None),
@@ -112,3 +115,15 @@ def test_stopped_means_it_holds_nothing(intent: Intent, runs: list[RunFacts], ho
     derived = derive(intent, runs, "r0", holds_leases=holds)
     assert derived.status == status
     assert ("releasing" in derived.message) == (holds and not any(r.ended_at is None for r in runs))
+
+
+def test_a_ready_replica_keeps_the_endpoint_serving_while_the_live_run_restarts() -> None:
+    from inference_endpoints.core.lifecycle import serving_backends
+
+    rep = replace(READY, id="p1", role=Role.REPLICA, replica=1, backend_url="http://127.0.0.1:9002")
+    derived = derive(SERVE, [CRASHED_LATER, rep], "r0")
+    assert (derived.status, derived.backend_url) == (S.HEALTHY, "http://127.0.0.1:9002")
+    assert "1 replica" in derived.message
+    assert serving_backends([READY, rep], "r0") == ("http://127.0.0.1:9001", "http://127.0.0.1:9002")
+    assert serving_backends([READY, replace(rep, stop_requested_at=T0)], "r0") == ("http://127.0.0.1:9001",)
+    assert derive(STOP, [STOPPED_RUN, rep], "r0").status == S.STOPPING  # a replica still runs

@@ -9,6 +9,7 @@ import pytest
 
 from inference_endpoints.core.lifecycle import Desired, Intent, Purpose, Role, RunFacts
 from inference_endpoints.core.reconcile import (
+    Capacity,
     Kind,
     Observed,
     RestartPolicy,
@@ -49,8 +50,28 @@ REMOVE = replace(STOP, remove=True)
 
 
 def snap(*runs: Observed, intent: Intent = SERVE, live: str | None = "r0", candidate: str | None = None,
-         leases: frozenset[str | None] = frozenset({"fr0"}), timeout: float = 300) -> Snapshot:
-    return Snapshot("ep_1", "chat", intent, live, candidate, runs, timedelta(seconds=timeout), leases)
+         leases: frozenset[str | None] = frozenset({"fr0"}), timeout: float = 300,
+         cap: Capacity | None = None, replicas: int = 1) -> Snapshot:
+    return Snapshot("ep_1", "chat", intent, live, candidate, runs, timedelta(seconds=timeout), leases,
+                    capacity=cap, replicas=replicas)
+
+
+def replica(rid: str = "p1", slot: int = 1, base: RunFacts | None = None, **facts: object) -> RunFacts:
+    """A replica run: like the live one (same configuration) unless told otherwise."""
+    values: dict[str, object] = {"flow_run_id": f"f{rid}", **facts}
+    return replace(base or READY, id=rid, role=Role.REPLICA, replica=slot, generation=10 + slot, **values)
+
+
+ENDED_REPLICA = replica(base=CRASHED, created_at=ago(100))
+TWO = {"replicas": 2}
+
+
+FULL = Capacity("cpu-dev", 2, ("serve/default/a", "serve/default/b"))
+FREE = Capacity("cpu-dev", 2, ("serve/default/a",))
+UNLIMITED = Capacity("cpu-dev", None)
+QUEUED = replace(SUBMITTED, queued_at=ago(5), queued_message="queued for capacity: …")
+CANDIDATE_WAITING = replace(SUBMITTED, id="c1", generation=1, role=Role.CANDIDATE, flow_run_id="fc1",
+                            created_at=ago(400))
 
 
 def seen(facts: RunFacts, state: str | None = "RUNNING", answers: bool = False) -> Observed:
@@ -83,6 +104,59 @@ CASES = [
      snap(seen(LOADING), timeout=30), [K.FAIL]),
     ("first start died → failed by derivation; its leases released",
      snap(seen(DIED_LOADING, "FAILED")), [K.RELEASE]),
+    # queued for capacity: the pool is full, so no worker may start it yet
+    ("waiting, pool full, past its timeout → queued, not failed",
+     snap(seen(SUBMITTED, "SCHEDULED"), timeout=30, cap=FULL), [K.QUEUE]),
+    ("waiting, pool has a free slot, past its timeout → deploy timeout",
+     snap(seen(SUBMITTED, "SCHEDULED"), timeout=30, cap=FREE), [K.FAIL]),
+    ("waiting, pool without a limit, past its timeout → deploy timeout",
+     snap(seen(SUBMITTED, "SCHEDULED"), timeout=30, cap=UNLIMITED), [K.FAIL]),
+    ("picked up (Pending) while the pool is full → not queued: it holds a slot",
+     snap(seen(SUBMITTED, "PENDING"), timeout=300, cap=FULL), []),
+    ("was queued, a slot freed 5 s ago → unqueued; the timeout counts from then",
+     snap(seen(QUEUED, "SCHEDULED"), timeout=30, cap=FREE), [K.UNQUEUE]),
+    ("was queued, slot freed long ago, still not picked up → deploy timeout",
+     snap(seen(replace(QUEUED, queued_at=ago(40)), "SCHEDULED"), timeout=30, cap=FREE), [K.FAIL]),
+    ("was queued, now picked up (pool not read) → unqueued",
+     snap(seen(QUEUED, "PENDING"), timeout=300), [K.UNQUEUE]),
+    ("was queued, Prefect unreadable → nothing changes",
+     snap(seen(QUEUED, None), timeout=300), []),
+    ("queued replacement past the startup timeout → queued, not abandoned",
+     snap(seen(READY), seen(CANDIDATE_WAITING, "SCHEDULED"), candidate="c1", cap=FULL), [K.QUEUE]),
+    ("replacement waiting with a free slot past the timeout → abandon",
+     snap(seen(READY), seen(CANDIDATE_WAITING, "SCHEDULED"), candidate="c1", cap=FREE), [K.ABANDON]),
+    # replicas: slot 0 is the live run; slots 1..N-1 are filled, drained and replaced here
+    ("two wanted, only the live run → add replica 1", snap(seen(READY), **TWO), [K.ADD_REPLICA]),
+    ("two wanted while the live run still loads → add it now (they start together)",
+     snap(seen(LOADING), **TWO), [K.ADD_REPLICA]),
+    ("replica recorded, not submitted → submit it",
+     snap(seen(READY), seen(replica(base=RECORDED, flow_run_id=None), None), **TWO), [K.SUBMIT]),
+    ("replica loading → nothing", snap(seen(READY), seen(replica(base=LOADING)), **TWO), []),
+    ("replica ready → nothing", snap(seen(READY), seen(replica()), **TWO), []),
+    ("scaled to one, replica ready → retire it (drain)", snap(seen(READY), seen(replica())), [K.RETIRE]),
+    ("retired replica still draining → nothing",
+     snap(seen(READY), seen(replica(stop_requested_at=ago(1)))), []),
+    ("retired replica past the drain → cancel it",
+     snap(seen(READY), seen(replica(stop_requested_at=ago(5)))), [K.CANCEL]),
+    ("replica ended → release its leases, start another at once",
+     snap(seen(READY), seen(ENDED_REPLICA, "FAILED"), leases=frozenset({"fr0", "fp1"}), **TWO),
+     [K.RELEASE, K.ADD_REPLICA]),
+    ("replica ended again soon after its replacement → wait for the backoff",
+     snap(seen(READY), seen(ENDED_REPLICA, "FAILED"),
+          seen(replica("p2", base=CRASHED, created_at=ago(2)), "FAILED"), leases=frozenset(), **TWO),
+     [K.WAIT]),
+    ("replica slot ended too often → left empty, said so",
+     snap(seen(READY), *[seen(replica(f"p{i}", base=CRASHED, created_at=ago(100 + i)), "FAILED")
+                         for i in range(4)], leases=frozenset(), **TWO), [K.WAIT]),
+    ("replica of an older checkpoint while the live run serves a new one → retire and replace",
+     snap(seen(READY), seen(replica(config_key="old")), **TWO), [K.RETIRE, K.ADD_REPLICA]),
+    ("replica not ready past the startup timeout → cancel it",
+     snap(seen(READY), seen(replica(base=LOADING)), timeout=30, **TWO), [K.CANCEL]),
+    ("replica waiting for a full pool → queued, no timeout",
+     snap(seen(READY), seen(replica(base=SUBMITTED), "SCHEDULED"), timeout=30, cap=FULL, **TWO),
+     [K.QUEUE]),
+    ("stop with a replica → both cancelled, no new replica",
+     snap(seen(READY), seen(replica()), intent=STOP, **TWO), [K.CANCEL, K.CANCEL]),
     # Prefect says final: believed only once the serve run has gone quiet
     ("Crashed by the heartbeat automation while reporting → nothing",
      snap(seen(READY, "CRASHED", answers=True)), []),
@@ -185,3 +259,22 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_a_quiet_run_that_prefect_still_runs_is_left_alone() -> None:
     """Only Prefect's final state plus silence count; silence alone (registry outage) does not."""
     assert decide(snap(seen(SILENT, "RUNNING")), NOW, POLICY, TIMING).steps == ()
+
+
+def test_a_queued_run_says_which_pool_its_limit_and_who_holds_the_slots() -> None:
+    step = decide(snap(seen(SUBMITTED, "SCHEDULED"), cap=FULL), NOW, POLICY, TIMING).steps[0]
+    assert step.reason == ReasonCode.QUEUED_FOR_CAPACITY
+    assert "work pool cpu-dev runs 2 of its 2 slots" in step.message
+    assert "serve/default/a, serve/default/b" in step.message
+
+
+def test_many_holders_are_summarised() -> None:
+    many = Capacity("cpu-dev", 7, tuple(f"serve/default/e{i}" for i in range(7)))
+    assert many.full and "e4 and 2 more" in many.describe() and "e5" not in many.describe()
+    assert not FREE.full and not UNLIMITED.full
+
+
+def test_an_added_replica_names_its_slot() -> None:
+    plan = decide(snap(seen(READY), replicas=3), NOW, POLICY, TIMING)
+    assert [(st.kind, st.replica) for st in plan.steps] == [(K.ADD_REPLICA, 1), (K.ADD_REPLICA, 2)]
+    assert "replica 1 of 3" in plan.steps[0].message

@@ -8,7 +8,10 @@ also driven at the ASGI level to prove no byte of the body is read first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import shutil
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,3 +225,50 @@ def test_no_byte_is_read_without_a_key_or_with_a_bad_name(up: Up) -> None:
         assert _asgi_call(up.app, query, auth) == (422, 0), query
     assert up.registry.counts()["checkpoints"] == before[0]["checkpoints"] + 1  # only "taken"
     assert [p.name for p in up.drop.iterdir()] == []
+
+
+# ---- a full disk: 507, and nothing kept -------------------------------------------------------
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A real tmpfs of `size_bytes` mounted at `path` (root only, as the test suite runs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+        assert str(path) not in Path("/proc/self/mounts").read_text(), f"{path} is still mounted"
+
+
+@pytest.mark.parametrize("where", ["body", "unpacked"])
+def test_a_full_drop_folder_answers_507_and_keeps_nothing(up: Up, where: str) -> None:
+    body = tar_of(write_tiny_llama(up.tmp / "big"))
+    # "body": the archive itself does not fit; "unpacked": it fits, its files do not.
+    size = 64 * 1024 if where == "body" else len(body) + 64 * 1024  # the files: ~217 KB
+    with small_disk(up.drop, size):
+        before = up.state()
+        r = up.upload(body, "too-big-for-disk")
+        assert r.status_code == 507, r.text
+        problem = r.json()["problems"][0]
+        assert problem["code"] == "insufficient_storage" and "drop folder" in problem["message"]
+        assert "endpoints gc" in problem["hint"]
+        assert up.state() == before and list(up.drop.iterdir()) == []
+        assert shutil.disk_usage(up.drop).used < 16 * 1024  # the partial bytes were removed
+    assert up.registry.find_checkpoint(up.org.id, "too-big-for-disk") is None
+
+
+def test_a_full_store_answers_507_and_leaves_no_partial_copy(up: Up) -> None:
+    body = tar_of(write_tiny_llama(up.tmp / "big"))
+    store = up.settings.store_root
+    with small_disk(store, 64 * 1024):  # the checkpoint: ~217 KB
+        before = up.state()
+        r = up.upload(body, "no-room-in-store")
+        assert r.status_code == 507, r.text
+        assert "checkpoint store" in r.json()["problems"][0]["message"]
+        assert up.state() == before
+        assert [p for p in store.rglob("*") if p.name.endswith(".importing")] == []
+        assert shutil.disk_usage(store).used < 16 * 1024
+    assert up.registry.find_checkpoint(up.org.id, "no-room-in-store") is None
+    r = up.upload(body, "no-room-in-store")  # with room again, the same upload registers
+    assert r.status_code == 201, r.text

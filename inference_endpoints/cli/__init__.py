@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from inference_endpoints.cli import checkpoints, create, endpoints, events, keys, metrics, stack
+from inference_endpoints.cli import checkpoints, create, endpoints, events, keys, logs, metrics, scale, stack
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
 app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
@@ -19,6 +19,8 @@ app.command("demo")(stack.demo_cmd)
 app.command("create")(create.create_cmd)
 app.command("list")(endpoints.list_cmd)
 app.command("show")(endpoints.show_cmd)
+app.command("logs")(logs.logs_cmd)
+app.command("scale")(scale.scale_cmd)
 app.command("stop")(endpoints.stop_cmd)
 app.command("rm")(endpoints.rm_cmd)
 app.command("metrics")(metrics.metrics_cmd)

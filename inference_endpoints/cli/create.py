@@ -28,6 +28,8 @@ from inference_endpoints.cli.common import (
     user_errors,
 )
 from inference_endpoints.cli.endpoints import config_table, show_endpoint
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.replica_counts import replica_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Endpoint
@@ -66,10 +68,14 @@ def create_cmd(
     dry_run: Annotated[bool, typer.Option(help="Validate and render only; deploy nothing")] = False,
     startup_timeout_s: Annotated[int | None, typer.Option(
         "--startup-timeout-s", help="Override the instance's startup timeout (seconds)")] = None,
+    min_replicas: Annotated[int, typer.Option(help="Engines kept serving (1 to 8)")] = 1,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="Upper bound for scaling (default: --min-replicas)")] = None,
 ) -> None:
     """Create an endpoint serving a checkpoint and follow it until it is healthy (Ctrl-C stops following)."""
     from inference_endpoints.services.operations import plan_create
 
+    replicas_max = max_replicas if max_replicas is not None else min_replicas
     settings = Settings()
     use_stack(settings)
     ctx = load_context()
@@ -80,6 +86,9 @@ def create_cmd(
     else:
         request = CreateRequest(name, checkpoint, instance, max_context, precision, quantization)
         with user_errors():
+            problems = replica_problems(min_replicas, replicas_max)
+            if problems:
+                raise RequestInvalid(problems)
             plan = plan_create(ctx.registry, ctx.org_id, request,
                                model_root_resolver(ctx.settings.run_dir / "engines"))
         if dry_run:
@@ -99,6 +108,7 @@ def create_cmd(
         "name": name, "checkpoint": checkpoint, "instance": instance, "max_context": int(max_context),
         "precision": Precision(precision).value, "quantization": Quantization(quantization).value,
         "org": org.name, "idempotency_key": key, "startup_timeout_s": startup_timeout_s,
+        "min_replicas": min_replicas, "max_replicas": replicas_max,
     }
     try:
         run_id = submit(parameters, key)
@@ -191,7 +201,8 @@ def phase_line(name: str, ep: Endpoint | None, state: State | None, elapsed_s: f
     if ep is None:
         return f"[yellow]pending[/] {name}  ({elapsed_s:.0f} s)  ·  {run}"
     style = STATUS_STYLE.get(ep.status, "white")
-    return f"[{style}]{ep.status}[/] {name}  ({elapsed_s:.0f} s)  ·  {run}"
+    why = f"  ·  {ep.reason_message}" if ep.reason_code and ep.reason_message else ""
+    return f"[{style}]{ep.status}[/] {name}  ({elapsed_s:.0f} s)  ·  {run}{why}"
 
 
 def finish(ctx: Context, name: str, outcome: Outcome) -> None:

@@ -17,11 +17,17 @@ def emit_finetune_completed_cmd(
     job: Annotated[str, typer.Option(help="Fine-tuning job id")],
     checkpoint_path: Annotated[Path, typer.Option(help="Directory the job wrote")],
     endpoint: Annotated[str | None, typer.Option(help="Endpoint to create or move")] = None,
-    policy: Annotated[str, typer.Option(help="none, create or replace")] = "none",
+    policy: Annotated[str | None, typer.Option(
+        help="none (register only), create or replace; required with --endpoint")] = None,
     base_model: Annotated[str | None, typer.Option(help="Base checkpoint of a LoRA adapter")] = None,
     checkpoint_name: Annotated[str | None, typer.Option(help="Name to register it under")] = None,
 ) -> None:
     """Emit `finetune.completed` exactly as a fine-tuning job would; the trigger does the rest."""
+    if policy is None and endpoint:  # naming an endpoint and then doing nothing to it surprises
+        err.print(f"[red]--endpoint {endpoint} needs --policy create or --policy replace[/] "
+                  "(with the default, none, the checkpoint is only registered).")
+        raise typer.Exit(2)
+    policy = policy or "none"
     if policy not in POLICIES:
         err.print(f"[red]policy must be one of {', '.join(POLICIES)}, got {policy!r}[/]")
         raise typer.Exit(2)

@@ -69,3 +69,27 @@ class CheckpointError(Exception):
     def __init__(self, code: str, message: str, hint: str = "", field_name: str = "path"):
         super().__init__(message)
         self.problem = Problem(code, field_name, message, hint)
+
+
+class StorageFull(Exception):
+    """The disk ran out while bytes were being stored; what was partly written is gone again."""
+
+    def __init__(self, where: str, detail: str):
+        super().__init__(f"no space left in {where}: {detail}")
+        self.problem = Problem(
+            "insufficient_storage", "checkpoint",
+            f"The disk holding {where} ran out of space while storing the checkpoint; nothing was kept.",
+            "Free space there (`endpoints gc` reclaims deleted checkpoints' bytes) or store a smaller "
+            "checkpoint, then try again.")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, raised directly or collected by `shutil.copytree` (one entry per file)."""
+    import errno
+    import shutil
+
+    if isinstance(exc, shutil.Error):
+        entries = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        return any(f"[Errno {errno.ENOSPC}]" in str(e[-1]) or f"[Errno {errno.EDQUOT}]" in str(e[-1])
+                   for e in entries)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

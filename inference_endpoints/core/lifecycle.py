@@ -25,8 +25,9 @@ class Desired(StrEnum):
 
 
 class Role(StrEnum):
-    LIVE = "live"
-    CANDIDATE = "candidate"
+    LIVE = "live"  # replica 0: the run the endpoint's status follows
+    CANDIDATE = "candidate"  # a replacement for the live run, promoted once ready
+    REPLICA = "replica"  # replicas 1..N-1: same checkpoint and configuration as the live run
 
 
 class Purpose(StrEnum):
@@ -57,6 +58,10 @@ class RunFacts:
     stop_requested_at: datetime | None = None
     backend_url: str | None = None
     requested_by: str | None = None  # the flow run that asked for this run (replacements)
+    replica: int = 0  # the replica slot this run fills (0: the live run)
+    config_key: str = ""  # checkpoint and serving configuration: replicas must match the live run
+    queued_at: datetime | None = None  # last seen waiting for a slot of its (full) work pool
+    queued_message: str | None = None  # why it waits: the pool, its limit, who holds the slots
 
     @property
     def ended(self) -> bool:
@@ -126,6 +131,13 @@ def derive(intent: Intent, runs: Sequence[RunFacts], live_id: str | None,
             return Derived(EndpointStatus.STOPPING, reason, f"{message}; releasing its checkpoints",
                            live_id, None)
         return Derived(EndpointStatus.STOPPED, reason, message, live_id, None)
+    serving_replicas = [r for r in runs if r.role == Role.REPLICA and r.serving and r.backend_url]
+    live_serving = live is not None and live.serving and live.backend_url
+    if serving_replicas and not live_serving:
+        first = serving_replicas[0]
+        return Derived(EndpointStatus.HEALTHY, None,
+                       f"serving on {len(serving_replicas)} replica(s) while replica 0 is not ready",
+                       live_id, first.backend_url)
     if live is None or live.flow_run_id is None:
         return Derived(EndpointStatus.PENDING, None, "waiting for its serve run to be submitted",
                        live_id, None)
@@ -137,6 +149,9 @@ def derive(intent: Intent, runs: Sequence[RunFacts], live_id: str | None,
         return Derived(EndpointStatus.UNHEALTHY, reason, message, live.id, None)
     if live.ready_at is None:
         if live.engine_started_at is None:
+            if live.queued_message:
+                return Derived(EndpointStatus.DEPLOYING, ReasonCode.QUEUED_FOR_CAPACITY,
+                               live.queued_message, live.id, None)
             return Derived(EndpointStatus.DEPLOYING, None,
                            f"serve run {live.flow_run_id} waits for a worker", live.id, None)
         return Derived(EndpointStatus.LOADING, None,
@@ -147,3 +162,12 @@ def derive(intent: Intent, runs: Sequence[RunFacts], live_id: str | None,
                        live.id, None)
     return Derived(EndpointStatus.HEALTHY, None, "engine answers /health and generates",
                    live.id, live.backend_url)
+
+
+def serving_backends(runs: Sequence[RunFacts], live_id: str | None) -> tuple[str, ...]:
+    """Every address the gateway may balance over: the live run first, then ready replicas."""
+    live = live_run(runs, live_id)
+    urls = [live.backend_url] if live is not None and live.serving and live.backend_url else []
+    urls += sorted(r.backend_url for r in runs
+                   if r.role == Role.REPLICA and r.serving and r.backend_url and r.backend_url not in urls)
+    return tuple(urls)

@@ -58,6 +58,25 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """A work pool's slots as Prefect counts them (runs Pending or Running) and who holds them."""
+
+    pool: str
+    limit: int | None  # None: the pool has no concurrency limit
+    holders: tuple[str, ...] = ()  # names of the flow runs holding a slot
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and len(self.holders) >= self.limit
+
+    def describe(self) -> str:
+        shown = ", ".join(self.holders[:5]) + (f" and {len(self.holders) - 5} more"
+                                                if len(self.holders) > 5 else "")
+        return (f"queued for capacity: work pool {self.pool} runs {len(self.holders)} of its "
+                f"{self.limit} slots ({shown}); it starts when one of them ends")
+
+
+@dataclass(frozen=True)
 class Snapshot:
     endpoint_id: str
     name: str
@@ -69,12 +88,18 @@ class Snapshot:
     # Flow run ids holding open leases (None: a lease not yet tied to a run).
     open_lease_runs: frozenset[str | None] = frozenset()
     prefect_readable: bool = True
+    capacity: Capacity | None = None  # the instance's work pool, read when a run waits for it
+    replicas: int = 1  # how many engines the endpoint wants (the live run is replica 0)
 
 
 class Kind(StrEnum):
     SUBMIT = "submit"  # hand a recorded run to Prefect (idempotent per run)
     RESTART = "restart"  # record a new live run that takes over the leases
     WAIT = "wait"  # a restart is due but its backoff has not passed
+    QUEUE = "queue"  # a submitted run waits for a slot of its full pool: say why, no timeout
+    UNQUEUE = "unqueue"  # a slot is free: the run no longer waits for capacity
+    ADD_REPLICA = "add_replica"  # record and submit a run for an empty replica slot
+    RETIRE = "retire"  # a replica leaves (scale-down, stale configuration): drain, then stop
     CANCEL = "cancel"  # ask Prefect (and the serve run, via the registry) to stop a run
     STOP_ORPHAN = "stop_orphan"  # an engine answers for a run whose serve run is gone
     MARK_ENDED = "mark_ended"  # record that a run is over, for a serve run that cannot
@@ -91,6 +116,7 @@ class Step:
     run_id: str | None = None
     reason: ReasonCode | None = None
     message: str = ""
+    replica: int | None = None  # the slot an ADD_REPLICA fills
 
 
 @dataclass(frozen=True)
@@ -184,7 +210,7 @@ def decide(snap: Snapshot, now: datetime, policy: RestartPolicy = RestartPolicy(
     # Runs that are neither live nor candidate (replaced, abandoned): drained, then stopped.
     for obs in snap.runs:
         run = obs.facts
-        if run.id in (snap.live_id, snap.candidate_id):
+        if run.id in (snap.live_id, snap.candidate_id) or run.role == Role.REPLICA:
             continue
         if run.ended:
             if run.flow_run_id in snap.open_lease_runs:
@@ -194,11 +220,12 @@ def decide(snap: Snapshot, now: datetime, policy: RestartPolicy = RestartPolicy(
     steps += _run_steps(snap, live, now, policy, timing, first_start=not _ever_ready(facts))
     if candidate is not None:
         steps += _candidate_steps(snap, candidate, live, now, timing)
+    steps += _replica_steps(snap, live, now, policy, timing)
     return Plan(derived, tuple(steps))
 
 
 def _ever_ready(runs: tuple[RunFacts, ...]) -> bool:
-    return any(r.ready_at is not None for r in runs if r.role == Role.LIVE)
+    return any(r.ready_at is not None for r in runs if r.role in (Role.LIVE, Role.REPLICA))
 
 
 def _run_steps(snap: Snapshot, live: Observed | None, now: datetime, policy: RestartPolicy,
@@ -212,8 +239,12 @@ def _run_steps(snap: Snapshot, live: Observed | None, now: datetime, policy: Res
         if _age(run.created_at, now) >= timing.resubmit_after or run.submitted_at is None:
             return [Step(Kind.SUBMIT, run.id, None, f"submit serve run generation {run.generation}")]
         return []
-    # Each phase gets the whole startup timeout: waiting for a worker, then loading.
-    phase_start = run.engine_started_at or run.created_at
+    queue = _queue_steps(snap, live)
+    if queue and queue[0].kind == Kind.QUEUE:
+        return queue
+    # Each phase gets the whole startup timeout: waiting for a worker (counted from when
+    # its pool last had no free slot), then loading.
+    phase_start = run.engine_started_at or max(run.created_at, run.queued_at or run.created_at)
     if run.ready_at is None and _age(phase_start, now) > snap.startup_timeout:
         started = run.engine_started_at is not None
         reason = ReasonCode.HEALTH_TIMEOUT if started else ReasonCode.DEPLOY_TIMEOUT
@@ -223,6 +254,19 @@ def _run_steps(snap: Snapshot, live: Observed | None, now: datetime, policy: Res
         if first_start:
             return [Step(Kind.FAIL, run.id, reason, message)]
         return [Step(Kind.CANCEL, run.id, reason, message)]
+    return queue
+
+
+def _queue_steps(snap: Snapshot, obs: Observed) -> list[Step]:
+    """A submitted run no worker may start yet because its pool is full waits without a timeout."""
+    run = obs.facts
+    if run.engine_started_at is not None or run.flow_run_id is None:
+        return []
+    cap = snap.capacity
+    if obs.prefect_state == "SCHEDULED" and cap is not None and cap.full:
+        return [Step(Kind.QUEUE, run.id, ReasonCode.QUEUED_FOR_CAPACITY, cap.describe())]
+    if run.queued_message and (cap is not None or obs.prefect_state not in (None, "SCHEDULED")):
+        return [Step(Kind.UNQUEUE, run.id, None, "a slot of its work pool is free")]
     return []
 
 
@@ -237,11 +281,82 @@ def _candidate_steps(snap: Snapshot, cand: Observed, live: Observed | None, now:
                      f"the flow that asked for this replacement is {cand.requester_state}")]
     if run.flow_run_id is None:
         return [Step(Kind.SUBMIT, run.id, None, "submit the replacement")]
+    queue = _queue_steps(snap, cand)
+    if queue and queue[0].kind == Kind.QUEUE:
+        return queue
     if run.serving:
         live_ok = live is not None and not live.facts.ended
         why = "replacement is ready" + ("" if live_ok else " and the live run is gone")
         return [Step(Kind.PROMOTE, run.id, None, why)]
-    if _age(run.created_at, now) > snap.startup_timeout:
+    if _age(max(run.created_at, run.queued_at or run.created_at), now) > snap.startup_timeout:
         return [Step(Kind.ABANDON, run.id, ReasonCode.HEALTH_TIMEOUT,
                      f"the replacement was not ready after {int(snap.startup_timeout.total_seconds())} s")]
-    return []
+    return queue
+
+
+def _replica_steps(snap: Snapshot, live: Observed | None, now: datetime, policy: RestartPolicy,
+                   timing: Timing) -> list[Step]:
+    """Replicas 1..N-1: each slot filled by one run with the live run's configuration; runs
+    beyond the wanted count or with a stale configuration drain and stop; an ended replica is
+    replaced under the restart policy, counted per slot."""
+    steps: list[Step] = []
+    filled: set[int] = set()
+    live_key = live.facts.config_key if live is not None else ""
+    live_serving = live is not None and live.facts.serving
+    for obs in snap.runs:
+        run = obs.facts
+        if run.role != Role.REPLICA:
+            continue
+        if run.ended:
+            if run.flow_run_id in snap.open_lease_runs:
+                steps.append(Step(Kind.RELEASE, run.id, None, f"replica {run.replica} has ended"))
+            continue
+        if run.stop_requested_at is not None:  # draining: Prefect cancels it only as a backstop
+            if _age(run.stop_requested_at, now) >= timing.drain:
+                steps += _cancel(obs, f"replica {run.replica} drained")
+            continue
+        if run.replica >= snap.replicas:
+            steps.append(Step(Kind.RETIRE, run.id, None, f"scaled to {snap.replicas} replica(s): "
+                              f"replica {run.replica} drains and stops"))
+            continue
+        if live_serving and run.config_key != live_key:
+            steps.append(Step(Kind.RETIRE, run.id, None, f"replica {run.replica} serves an older "
+                              "checkpoint or configuration than the live run: replaced"))
+            continue
+        filled.add(run.replica)
+        if run.flow_run_id is None:
+            if _age(run.created_at, now) >= timing.resubmit_after or run.submitted_at is None:
+                steps.append(Step(Kind.SUBMIT, run.id, None, f"submit replica {run.replica}"))
+            continue
+        queue = _queue_steps(snap, obs)
+        if queue and queue[0].kind == Kind.QUEUE:
+            steps += queue
+            continue
+        phase_start = run.engine_started_at or max(run.created_at, run.queued_at or run.created_at)
+        if run.ready_at is None and _age(phase_start, now) > snap.startup_timeout:
+            steps += _cancel(obs, f"replica {run.replica} not ready after "
+                             f"{int(snap.startup_timeout.total_seconds())} s")
+            continue
+        steps += queue
+    if live is None or snap.intent.desired != Desired.SERVING:
+        return steps
+    for slot in range(1, snap.replicas):
+        if slot not in filled:
+            steps += _fill_slot(snap, slot, now, policy)
+    return steps
+
+
+def _fill_slot(snap: Snapshot, slot: int, now: datetime, policy: RestartPolicy) -> list[Step]:
+    earlier = [o.facts for o in snap.runs if o.facts.role == Role.REPLICA and o.facts.replica == slot
+               and now - o.facts.created_at <= policy.window]
+    if len(earlier) > policy.max_restarts:
+        return [Step(Kind.WAIT, None, ReasonCode.RESTART_LIMIT,
+                     f"replica {slot} ended {len(earlier)} times in the last "
+                     f"{int(policy.window.total_seconds() // 60)} min: not started again", slot)]
+    last = max((r.created_at for r in earlier), default=None)
+    wait = policy.delay(max(len(earlier) - 1, 0))  # the first replacement starts at once
+    if last is not None and now < last + wait:
+        return [Step(Kind.WAIT, None, None, f"replica {slot} starts again at {(last + wait).isoformat()}",
+                     slot)]
+    why = f"replica {slot} of {snap.replicas}" + (" ended: starting another" if earlier else ": starting it")
+    return [Step(Kind.ADD_REPLICA, None, None, why, slot)]

@@ -73,6 +73,7 @@ class ReasonCode(StrEnum):
     HEALTH_CHECK_FAILED = "health_check_failed"
     RESTART_LIMIT = "restart_limit"
     IDLE_TIMEOUT = "idle_timeout"
+    QUEUED_FOR_CAPACITY = "queued_for_capacity"  # not a failure: it starts when a slot frees
 
 
 REASON_HINTS: dict[ReasonCode, str] = {
@@ -96,6 +97,11 @@ REASON_HINTS: dict[ReasonCode, str] = {
         "The engine stopped answering /health; it is restarted if it does not recover."
     ),
     ReasonCode.IDLE_TIMEOUT: "Stopped after receiving no requests; create it again when needed.",
+    ReasonCode.QUEUED_FOR_CAPACITY: (
+        "Every slot of the instance's work pool is taken: it starts when one frees. Stop an "
+        "endpoint on that pool, or raise the pool's limit "
+        "(`prefect work-pool set-concurrency-limit POOL N`) if its hosts can hold more."
+    ),
     ReasonCode.RESTART_LIMIT: (
         "The endpoint kept crashing; read the engine log (`endpoints show`) and create it again."
     ),

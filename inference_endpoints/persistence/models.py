@@ -132,6 +132,12 @@ class Endpoint(SQLModel, table=True):
     live_run: str | None = None
     candidate_run: str | None = None
     startup_timeout_s: int | None = None  # overrides the instance's, for this endpoint
+    # Replicas: the live run is replica 0; the reconciler keeps `min_replicas` engines
+    # (autoscaling up to `max_replicas` is not built yet). `backend_urls`: every ready one,
+    # as JSON, for the gateway to balance over (derived, like `status`).
+    min_replicas: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    max_replicas: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    backend_urls: str | None = Field(default=None, sa_column=Column(Text))
     # Where the serve run exports device metrics (GPU via NVML, or CPU/RSS of the engine).
     exporter_url: str | None = None
     # Stop the endpoint after this many minutes without requests (None: never).
@@ -158,7 +164,8 @@ class ServeRun(SQLModel, table=True):
     endpoint_id: str = Field(index=True)  # not a foreign key: history outlives the endpoint
     org_id: str = Field(index=True)
     generation: int
-    role: str  # live or candidate (a candidate becomes live when promoted)
+    role: str  # live, candidate (becomes live when promoted) or replica
+    replica: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     purpose: str  # start, restart or replace
     checkpoint_id: str
     serving_config_json: str = Field(sa_column=Column(Text, nullable=False))
@@ -175,6 +182,12 @@ class ServeRun(SQLModel, table=True):
     last_seen_at: datetime | None = Field(default=None, sa_column=_ts())
     probe_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     not_ready_message: str | None = Field(default=None, sa_column=Column(Text))
+    # Last seen waiting for a slot of its full work pool, and why (the reconciler's note).
+    queued_at: datetime | None = Field(default=None, sa_column=_ts())
+    queued_message: str | None = Field(default=None, sa_column=Column(Text))
+    # The engine's log file and the host it is on (`endpoints logs` reads it there).
+    log_path: str | None = Field(default=None, sa_column=Column(Text))
+    log_host: str | None = None
     stop_requested_at: datetime | None = Field(default=None, sa_column=_ts())
     ended_at: datetime | None = Field(default=None, sa_column=_ts())
     exit_code: int | None = None

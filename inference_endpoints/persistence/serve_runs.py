@@ -8,6 +8,8 @@ address. `_settle` is the only code that writes an endpoint's status.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from inference_endpoints.core.lifecycle import (
     Role,
     RunFacts,
     derive,
+    serving_backends,
 )
 from inference_endpoints.core.status import REASON_HINTS, EndpointStatus, ReasonCode
 from inference_endpoints.persistence.models import (
@@ -46,7 +49,7 @@ _STATUS_TIMESTAMP = {
 }
 # Facts a serve run reports about itself.
 RUN_FACTS = frozenset({"backend_url", "exporter_url", "engine_started_at", "health_ok_at", "ready_at",
-                       "last_seen_at", "probe_failures", "not_ready_message"})
+                       "last_seen_at", "probe_failures", "not_ready_message", "log_path", "log_host"})
 
 
 def aware(ts: datetime | None) -> datetime | None:
@@ -68,7 +71,14 @@ def run_facts(row: ServeRun) -> RunFacts:
         ended_at=aware(row.ended_at), end_reason=ReasonCode(row.end_reason) if row.end_reason else None,
         end_message=row.end_message, stop_requested_at=aware(row.stop_requested_at),
         backend_url=row.backend_url, requested_by=row.requested_by,
+        queued_at=aware(row.queued_at), queued_message=row.queued_message,
+        replica=row.replica, config_key=config_key(row),
     )
+
+
+def config_key(row: ServeRun) -> str:
+    """What a replica must share with the live run: its checkpoint and serving configuration."""
+    return f"{row.checkpoint_id}:{hashlib.sha256(row.serving_config_json.encode()).hexdigest()[:16]}"
 
 
 def intent_of(ep: Endpoint) -> Intent:
@@ -96,9 +106,12 @@ def _settle(s: Session, ep: Endpoint) -> Derived:
     runs = _runs(s, ep.id)
     holds = s.exec(select(CheckpointLease.id).where(
         col(CheckpointLease.endpoint_id) == ep.id, col(CheckpointLease.released_at).is_(None))).first()
-    derived = derive(intent_of(ep), [run_facts(r) for r in runs], ep.live_run, holds is not None)
+    facts = [run_facts(r) for r in runs]
+    derived = derive(intent_of(ep), facts, ep.live_run, holds is not None)
     live = next((r for r in runs if r.id == ep.live_run), None)
+    backends = serving_backends(facts, ep.live_run) if derived.status == EndpointStatus.HEALTHY else ()
     values: dict[str, Any] = {
+        "backend_urls": json.dumps(list(backends)) if backends else None,
         "backend_url": live.backend_url if live else None,
         "exporter_url": live.exporter_url if live else None,
         "serve_run_id": live.flow_run_id if live else None,
@@ -259,6 +272,14 @@ class ServeRuns:
         return self._run_write(run_id, {"ended_at": utcnow(), "end_reason": reason.value,
                                         "end_message": message, "exit_code": exit_code})
 
+    def queued(self, run_id: str, message: str | None) -> bool:
+        """The reconciler saw the run wait for a slot of its full pool (None: it no longer does;
+        `queued_at` stays: the startup timeout counts from the last time it was queued)."""
+        values: dict[str, Any] = {"queued_message": message}
+        if message:
+            values["queued_at"] = utcnow()
+        return self._run_write(run_id, values)
+
     def request_run_stop(self, run_id: str) -> bool:
         return self._run_write(run_id, {"stop_requested_at": utcnow()}, only_unset="stop_requested_at")
 
@@ -310,6 +331,45 @@ class ServeRuns:
                       .values(stop_requested_at=utcnow()))
             return True
         return self._write(endpoint_id, change, ("replacement_abandoned", why))
+
+    def add_replica(self, endpoint_id: str, slot: int) -> ServeRun | None:
+        """Record a run for replica `slot` with the live run's checkpoint and configuration.
+
+        Guarded: refused once the endpoint is stopping or given up, when the slot is beyond
+        the wanted count, or when a running run already fills it.
+        """
+        added: list[ServeRun] = []
+
+        def change(s: Session, ep: Endpoint) -> bool:
+            live = s.get(ServeRun, ep.live_run) if ep.live_run else None
+            if (ep.desired != Desired.SERVING or ep.verdict is not None or live is None
+                    or not 1 <= slot < ep.min_replicas):
+                return False
+            runs = _runs(s, endpoint_id)
+            if any(r.role == Role.REPLICA.value and r.replica == slot and r.ended_at is None
+                   and r.stop_requested_at is None for r in runs):
+                return False
+            earlier = any(r.role == Role.REPLICA.value and r.replica == slot for r in runs)
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id,
+                           generation=max(r.generation for r in runs) + 1, role=Role.REPLICA.value,
+                           replica=slot, purpose=(Purpose.RESTART if earlier else Purpose.START).value,
+                           checkpoint_id=live.checkpoint_id, serving_config_json=live.serving_config_json)
+            s.add(run)
+            added.append(run)
+            return True
+
+        return added[0] if self._write(endpoint_id, change) else None
+
+    def scale(self, endpoint_id: str, min_replicas: int, max_replicas: int) -> bool:
+        """The wanted replica counts (validated by the caller); the reconciler acts on them."""
+        def change(s: Session, ep: Endpoint) -> bool:
+            if ep.desired != Desired.SERVING or ep.verdict is not None:
+                return False
+            ep.min_replicas, ep.max_replicas = min_replicas, max_replicas
+            s.add(ep)
+            return True
+        return self._write(endpoint_id, change, ("scaled", f"replicas: min {min_replicas}, "
+                                                           f"max {max_replicas}"))
 
     def restarts(self, endpoint_id: str) -> Iterator[datetime]:
         with self.session() as s:

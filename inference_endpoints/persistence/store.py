@@ -7,13 +7,14 @@ NFS) implements the same four methods.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 from pathlib import Path
 from typing import Protocol
 
-from inference_endpoints.core.errors import CheckpointError
+from inference_endpoints.core.errors import CheckpointError, StorageFull, is_disk_full
 
 
 class CheckpointStore(Protocol):
@@ -67,12 +68,24 @@ class LocalCheckpointStore:
         dest = self.path_of(location)
         if dest.exists():
             raise CheckpointError("location_taken", f"{dest} already exists in the store.")
+        made_parent = not dest.parent.exists()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".importing")
         if tmp.exists():
             _make_writable(tmp)
             shutil.rmtree(tmp)
-        shutil.copytree(source, tmp, symlinks=False)
+        try:
+            shutil.copytree(source, tmp, symlinks=False)
+        except (OSError, shutil.Error) as exc:  # never leave a partial copy behind
+            if tmp.exists():
+                _make_writable(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+            if made_parent:
+                with contextlib.suppress(OSError):  # only if still empty
+                    dest.parent.rmdir()
+            if is_disk_full(exc):
+                raise StorageFull("the checkpoint store", str(exc)[:300]) from None
+            raise
         _make_read_only(tmp)
         os.rename(tmp, dest)
         return dest

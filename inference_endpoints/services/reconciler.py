@@ -17,6 +17,7 @@ from sqlmodel import col, select
 
 from inference_endpoints.core.lifecycle import Purpose, Role
 from inference_endpoints.core.reconcile import (
+    Capacity,
     Kind,
     Observed,
     Plan,
@@ -56,6 +57,10 @@ class Orchestrator(Protocol):
 
     def forget(self, endpoint: Endpoint) -> None:
         """Clean up per-endpoint orchestration state once it has ended (e.g. a key Secret)."""
+        ...
+
+    def capacity(self, endpoint: Endpoint) -> Capacity:
+        """The endpoint's work pool: its slot limit and the runs holding its slots now."""
         ...
 
 
@@ -99,7 +104,8 @@ def _open_lease_runs(registry: Registry, endpoint_id: str) -> frozenset[str | No
 
 
 def snapshot(registry: Registry, endpoint: Endpoint, runs: list[ServeRun], states: Mapping[str, str],
-             answering: Mapping[str, bool], prefect_readable: bool) -> Snapshot:
+             answering: Mapping[str, bool], prefect_readable: bool,
+             capacity: Capacity | None = None) -> Snapshot:
     timeout = endpoint.startup_timeout_s or registry.instances()[endpoint.instance].startup_timeout_s
     observed = tuple(
         Observed(run_facts(r), states.get(r.flow_run_id) if r.flow_run_id else None,
@@ -108,7 +114,8 @@ def snapshot(registry: Registry, endpoint: Endpoint, runs: list[ServeRun], state
         for r in runs)
     return Snapshot(endpoint.id, endpoint.name, intent_of(endpoint), endpoint.live_run,
                     endpoint.candidate_run, observed, timedelta(seconds=timeout),
-                    _open_lease_runs(registry, endpoint.id), prefect_readable)
+                    _open_lease_runs(registry, endpoint.id), prefect_readable, capacity,
+                    max(endpoint.min_replicas, 1))
 
 
 def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
@@ -120,7 +127,7 @@ def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
         for _ in range(MAX_ROUNDS):
             done = _one_round(registry, control, probe, endpoint_id, settings, clock, log)
             rows += done
-            if not any(r.step not in (Kind.WAIT.value,) for r in done):
+            if not any(r.step not in (Kind.WAIT.value, Kind.QUEUE.value) for r in done):
                 break
     return rows
 
@@ -140,8 +147,9 @@ def _one_round(registry: Registry, control: Orchestrator, probe: Probe, endpoint
         log(f"{endpoint.name}: cannot read serve run states ({exc}); deciding on registry facts only")
         states, readable = {}, False
     answering = probe(sorted({r.backend_url for r in running if r.backend_url}))
-    plan: Plan = decide(snapshot(registry, endpoint, runs, states, answering, readable), clock(),
-                        settings.policy, settings.timing)
+    capacity = _capacity(control, endpoint, running, states, log)
+    plan: Plan = decide(snapshot(registry, endpoint, runs, states, answering, readable, capacity),
+                        clock(), settings.policy, settings.timing)
     rows = []
     by_id = {r.id: r for r in runs}
     for step in plan.steps:
@@ -149,6 +157,19 @@ def _one_round(registry: Registry, control: Orchestrator, probe: Probe, endpoint
         log(f"{endpoint.name}: {step.kind} {step.run_id or ''} ({step.message}) → {done}")
         rows.append(Row(endpoint.name, step.kind.value, step.message, done))
     return rows
+
+
+def _capacity(control: Orchestrator, endpoint: Endpoint, running: list[ServeRun],
+              states: Mapping[str, str], log: Callable[[str], None]) -> Capacity | None:
+    """The pool's slots, read only while one of the endpoint's runs waits for a worker."""
+    if not any(r.flow_run_id and r.engine_started_at is None
+               and (states.get(r.flow_run_id) == "SCHEDULED" or r.queued_message) for r in running):
+        return None
+    try:
+        return control.capacity(endpoint)
+    except Exception as exc:  # unknown this pass: nothing is decided on it
+        log(f"{endpoint.name}: cannot read its work pool's slots ({exc})")
+        return None
 
 
 def apply(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeRun | None,
@@ -199,6 +220,25 @@ def apply(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeRun
         if run.flow_run_id and run.ended_at is None:
             control.cancel(run.flow_run_id, step.message)
         return "replacement abandoned"
+    if step.kind == Kind.ADD_REPLICA and step.replica is not None:
+        new = runs.add_replica(ep.id, step.replica)
+        if new is None:
+            return "not added (changed meanwhile)"
+        registry.record_activity(ep.id, "replica_added", step.message)
+        return f"replica {step.replica} recorded as {new.id}; " + _submit(registry, control, ep, new)
+    if step.kind == Kind.RETIRE and run is not None:
+        runs.request_run_stop(run.id)  # it leaves the routes now, drains, then stops itself
+        registry.record_activity(ep.id, "replica_retired", step.message)
+        return "draining"
+    if step.kind == Kind.QUEUE and run is not None:
+        if run.queued_message != step.message:  # say so once per change, not every pass
+            registry.record_activity(ep.id, "queued", step.message)
+        runs.queued(run.id, step.message)
+        return "queued for capacity"
+    if step.kind == Kind.UNQUEUE and run is not None:
+        runs.queued(run.id, None)
+        registry.record_activity(ep.id, "unqueued", step.message)
+        return "no longer queued"
     if step.kind == Kind.FAIL:
         given = runs.give_up(ep.id, step.reason or ReasonCode.RUN_ENDED, step.message, ep.live_run)
         return "verdict recorded" if given else "not recorded (changed meanwhile)"
@@ -222,6 +262,8 @@ def _submit(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeR
         registry.record_activity(ep.id, "submit_deferred", f"serve run not submitted yet: {exc}")
         return f"deferred ({exc})"
     runs.record_submitted(run.id, flow_run)
+    if run.role == Role.REPLICA:  # its own leases: the bytes stay while any replica reads them
+        return _lease_replica(registry, control, ep, run, flow_run)
     if run.purpose == Purpose.START:
         registry.assign_unowned_leases(ep.id, flow_run)
         return f"submitted as {flow_run}"
@@ -241,3 +283,16 @@ def _submit(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeR
         runs.drop_candidate(ep.id, run.id, f"replacement refused: {exc}")
         return "refused: checkpoint unavailable"
     return f"submitted as {flow_run}; replacement leased"
+
+
+def _lease_replica(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeRun,
+                   flow_run: str) -> str:
+    view = registry.checkpoint_view(ep.org_id, run.checkpoint_id)
+    try:
+        assert view is not None, "the checkpoint record is gone"
+        registry.lease_for_candidate(ep.id, ep.name, [view] + ([view.base] if view.base else []), flow_run)
+    except Exception as exc:  # deleted meanwhile: no new reader of its bytes
+        control.cancel(flow_run, "the replica's checkpoint is no longer available")
+        registry.runs.ended(run.id, ReasonCode.CHECKPOINT_UNAVAILABLE, f"replica refused: {exc}")
+        return "refused: checkpoint unavailable"
+    return f"submitted as {flow_run}; replica leased"

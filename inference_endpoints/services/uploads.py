@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from inference_endpoints.core.bounds import path_problems
-from inference_endpoints.core.errors import Problem, RequestInvalid, invalid, shown
+from inference_endpoints.core.errors import Problem, RequestInvalid, StorageFull, invalid, is_disk_full, shown
 from inference_endpoints.persistence.models import Checkpoint, Organization
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import CheckpointStore
@@ -87,6 +87,10 @@ def unpack(archive: Path, dest: Path, max_bytes: int) -> Path:
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise _bad("invalid_archive", f"The body is not a readable tar archive ({exc}).") from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise StorageFull("the drop folder", str(exc)) from None
+        raise
     entries = list(dest.iterdir())
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]

@@ -21,7 +21,7 @@ from inference_endpoints.adapters.console import schemas
 from inference_endpoints.adapters.console.metrics_tab import load_series
 from inference_endpoints.adapters.console.queries import endpoint_names
 from inference_endpoints.adapters.console.service import ConsoleService, CreateInput
-from inference_endpoints.core.errors import Problem
+from inference_endpoints.core.errors import Problem, StorageFull, is_disk_full
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.checkpoint_lifecycle import LeaseHolder
 from inference_endpoints.persistence.models import ActivityEvent, ApiKey, Checkpoint, Organization
@@ -264,14 +264,19 @@ def revoke_key(ref: str, org: Org, svc: Svc) -> dict[str, Any]:
 async def _receive(request: Request, path: Path) -> None:
     """Stream the body to `path` in writes of at most WRITE_BYTES: an upload is never held in memory."""
     pending = bytearray()
-    with open(path, "wb") as out:
-        async for chunk in request.stream():
-            pending += chunk
-            if len(pending) >= WRITE_BYTES:
+    try:
+        with open(path, "wb") as out:
+            async for chunk in request.stream():
+                pending += chunk
+                if len(pending) >= WRITE_BYTES:
+                    await run_in_threadpool(out.write, bytes(pending))
+                    pending.clear()
+            if pending:
                 await run_in_threadpool(out.write, bytes(pending))
-                pending.clear()
-        if pending:
-            await run_in_threadpool(out.write, bytes(pending))
+    except OSError as exc:  # the caller's upload directory is removed by `upload_space`
+        if is_disk_full(exc):
+            raise StorageFull("the drop folder", str(exc)) from None
+        raise
 
 
 def _create_input(body: schemas.CreateEndpointIn) -> CreateInput:

@@ -29,7 +29,7 @@ from inference_endpoints.adapters.console.service import (
 )
 from inference_endpoints.adapters.console.traffic import TrafficSource
 from inference_endpoints.adapters.console.web import CsrfRejected, SignInRequired, context, make_templates
-from inference_endpoints.core.errors import Problem, RequestInvalid
+from inference_endpoints.core.errors import Problem, RequestInvalid, StorageFull
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import CheckpointStore, LocalCheckpointStore
 from inference_endpoints.settings import Settings
@@ -125,6 +125,12 @@ def _error_handlers(app: FastAPI) -> None:
         if _api(request):
             return _problems(422, exc.problems, exc.details or None)
         return page_error(request, 422, "Request rejected", exc.summary())
+
+    @app.exception_handler(StorageFull)
+    def storage_full(request: Request, exc: StorageFull) -> Response:
+        if _api(request):
+            return _problems(507, [exc.problem])
+        return page_error(request, 507, "Out of disk space", f"{exc.problem.message} {exc.problem.hint}")
 
     @app.exception_handler(NotFound)
     def not_found(request: Request, exc: NotFound) -> Response:

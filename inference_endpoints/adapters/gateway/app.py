@@ -19,7 +19,7 @@ from inference_endpoints.adapters.gateway.auth import Verdict, authorize, bearer
 from inference_endpoints.adapters.gateway.config import GatewayConfig
 from inference_endpoints.adapters.gateway.metrics import UNMATCHED, GatewayMetrics
 from inference_endpoints.adapters.gateway.proxy import Proxy, new_session
-from inference_endpoints.adapters.gateway.resolver import Resolver, Route
+from inference_endpoints.adapters.gateway.resolver import Resolver, Route, RouteTable
 from inference_endpoints.adapters.gateway.routing import Target, host_of, route
 from inference_endpoints.persistence.registry import Registry
 
@@ -33,8 +33,9 @@ ADMIN_PATHS = (b"/metrics", b"/_gateway/stats")
 class GatewayApp:
     def __init__(self, config: GatewayConfig):
         self.config = config
-        self.resolver = Resolver(Registry(config.db_url), config.refresh_interval_s)
         self.metrics = GatewayMetrics()
+        self.resolver = Resolver(Registry(config.db_url), config.refresh_interval_s,
+                                 on_load=self.seed_metrics)
         self._session: aiohttp.ClientSession | None = None
         self._proxy: Proxy | None = None
 
@@ -47,6 +48,9 @@ class GatewayApp:
         elif kind == "websocket":  # not proxied (yet): refuse the handshake
             await receive()
             await send({"type": "websocket.close", "code": 1008})
+
+    def seed_metrics(self, table: RouteTable) -> None:
+        self.metrics.seed((r.org, r.name) for r in table.routes.values() if r.routable)
 
     # ---- lifecycle -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -63,6 +63,17 @@ class GatewayMetrics:
         if found is None:
             found = self.endpoints[key] = EndpointCounters()
         return found
+
+    def seed(self, endpoints: Iterable[tuple[str, str]]) -> None:
+        """Start every routable endpoint's series at 0 before its first request.
+
+        A series born at its first request hides that request from `rate()` (Prometheus
+        sees no increase until the second scrape), so a new endpoint's first burst vanished.
+        """
+        for org, endpoint in endpoints:
+            for klass in ("2xx", "4xx", "5xx"):
+                self.series.setdefault((org, endpoint, klass), Series())
+            self.counters(org, endpoint)
 
     def observe(self, org: str, endpoint: str, status: int, duration_s: float,
                 error: bool = False) -> None:

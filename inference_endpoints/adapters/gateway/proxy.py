@@ -15,6 +15,9 @@ Why it looks like this:
   limit (413), and a caller silent for `body_timeout_s` between chunks gets 408.
 - `GET /v1/models` is the one answer read whole: it is rewritten to hide host paths
   (models_list.py).
+- An endpoint with several ready replicas: each request goes to the least busy one
+  (balancer.py); one whose body arrived whole is retried once on another replica if its
+  first choice fails before answering anything.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from yarl import URL
 
 from inference_endpoints.adapters.gateway import models_list
 from inference_endpoints.adapters.gateway.asgi import Message, Receive, Scope, Send
+from inference_endpoints.adapters.gateway.balancer import Balancer
 from inference_endpoints.adapters.gateway.config import GatewayConfig
 from inference_endpoints.adapters.gateway.resolver import Route
 from inference_endpoints.adapters.gateway.responses import (
@@ -56,6 +60,10 @@ class ClientDisconnected(Exception):
 
 class BodyRefused(Exception):
     """The caller's body passed the size limit, or stalled; `_Call.refused` says which."""
+
+
+class _TryAnother(Exception):
+    """The backend failed before answering anything, and the whole body is at hand: retry once."""
 
 
 @dataclass(slots=True)
@@ -194,10 +202,11 @@ def new_session(config: GatewayConfig) -> aiohttp.ClientSession:
 
 class Proxy:
     def __init__(self, session: aiohttp.ClientSession, body_timeout_s: float = 30.0,
-                 max_body_bytes: int = 16 * 1024 * 1024):
+                 max_body_bytes: int = 16 * 1024 * 1024, balancer: Balancer | None = None):
         self.session = session
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.balancer = balancer or Balancer()
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: Route,
                       path: bytes) -> Outcome:
@@ -225,11 +234,27 @@ class Proxy:
         models = models_list.is_models_request(method, path)
         if models:  # identity encoding, so the list can be rewritten
             headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
-        url = URL(f"{route.backend_url}{path.decode('latin-1')}", encoded=True)
+        addresses = route.addresses
+        backend = self.balancer.pick(addresses) or ""
+        # A body read whole can be sent again: a replica that fails before answering
+        # costs the caller nothing when another one is ready.
+        retry_ok = len(addresses) > 1 and not isinstance(content, AsyncIterator)
         try:
-            if models:
-                return await self._models(url, headers, send, route, call)
-            return await self._exchange(method, url, headers, content, send, route, call)
+            while True:
+                url = URL(f"{backend}{path.decode('latin-1')}", encoded=True)
+                current = backend
+                self.balancer.started(current)
+                try:
+                    if models:
+                        return await self._models(url, headers, send, route, call)
+                    return await self._exchange(method, url, headers, content, send, route, call,
+                                                retry_ok)
+                except _TryAnother:
+                    self.balancer.failed(current)
+                    retry_ok = False
+                    backend = self.balancer.pick(addresses, avoid=current) or current
+                finally:
+                    self.balancer.finished(current)
         except asyncio.CancelledError:
             if not call.disconnected or call.task is None:
                 raise
@@ -247,13 +272,15 @@ class Proxy:
 
     async def _exchange(self, method: str, url: URL, headers: list[tuple[str, str]],
                         content: bytes | AsyncIterator[bytes] | None, send: Send, route: Route,
-                        call: _Call) -> Outcome:
+                        call: _Call, retry_ok: bool = False) -> Outcome:
         try:
             response = await self.session.request(method, url, headers=headers, data=content,
                                                   allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, BodyRefused) as exc:
             if call.body_lost:
                 return Outcome(CLIENT_CLOSED, disconnected=True)
+            if retry_ok and not call.refused:
+                raise _TryAnother from exc
             call.finished = True
             if call.refused:
                 return await self.refuse(send, call.refused)

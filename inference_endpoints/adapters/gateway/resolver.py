@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -48,10 +49,16 @@ class Route:
     backend_url: str | None
     backend_auth: bytes  # the full upstream Authorization header value
     model: str
+    backends: tuple[str, ...] = ()  # every ready replica's address (the live run's first)
 
     @property
     def routable(self) -> bool:
-        return self.status == EndpointStatus.HEALTHY and bool(self.backend_url)
+        return self.status == EndpointStatus.HEALTHY and bool(self.addresses)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Where requests may go: the ready replicas, else the live run's address."""
+        return self.backends or ((self.backend_url,) if self.backend_url else ())
 
     @property
     def retry_after_s(self) -> int | None:
@@ -89,7 +96,7 @@ def load_table(registry: Registry, sig: Hashable = None) -> RouteTable:
     """Read every endpoint and live key (plain columns, no ORM objects)."""
     ep_cols = [col(c) for c in (Endpoint.id, Endpoint.org_id, Organization.name, Endpoint.name,
                                 Endpoint.status, Endpoint.backend_url, Endpoint.backend_api_key,
-                                Endpoint.served_model_name)]
+                                Endpoint.served_model_name, Endpoint.backend_urls)]
     with registry.session() as s:
         ep_rows = s.execute(
             select(*ep_cols).join(Organization, col(Organization.id) == col(Endpoint.org_id))
@@ -98,10 +105,11 @@ def load_table(registry: Registry, sig: Hashable = None) -> RouteTable:
             select(col(ApiKey.key_hash), col(ApiKey.org_id)).where(col(ApiKey.revoked_at).is_(None))
         ).all()
     routes: dict[tuple[str, str], Route] = {}
-    for ep_id, org_id, org, name, status, url, key, model in ep_rows:
+    for ep_id, org_id, org, name, status, url, key, model, urls in ep_rows:
         auth = f"Bearer {key}".encode("latin-1") if key else b""
+        backends = tuple(u.rstrip("/") for u in json.loads(urls)) if urls else ()
         routes[(org.lower(), name.lower())] = Route(
-            ep_id, org_id, org, name, status, url.rstrip("/") if url else None, auth, model)
+            ep_id, org_id, org, name, status, url.rstrip("/") if url else None, auth, model, backends)
     return RouteTable(routes, {h: o for h, o in key_rows}, sig, time.monotonic())
 
 
@@ -114,9 +122,11 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 class Resolver:
     """Holds the current table and refreshes it in the background."""
 
-    def __init__(self, registry: Registry, interval_s: float = 0.5):
+    def __init__(self, registry: Registry, interval_s: float = 0.5,
+                 on_load: Callable[[RouteTable], None] | None = None):
         self.registry = registry
         self.interval_s = interval_s
+        self.on_load = on_load  # told of every table loaded (the metrics seed new endpoints)
         self.table = RouteTable()
         self.refresh_errors = 0
         self.last_check: float = 0.0  # monotonic time of the last successful signature read
@@ -129,6 +139,8 @@ class Resolver:
         if sig == self.table.signature:
             return False
         self.table = load_table(self.registry, sig)
+        if self.on_load is not None:
+            self.on_load(self.table)
         return True
 
     async def refresh_async(self) -> bool:
