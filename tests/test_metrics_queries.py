@@ -415,3 +415,28 @@ def test_value_formatting_and_sparklines() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
     assert sparkline([0.0] * 5) == "▁" * 5  # no traffic: a flat line at the bottom
     assert len(sparkline(list(range(500)), width=40)) == 40
+
+
+def test_cli_json_has_every_series_with_its_numbers(prometheus: str, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import json
+
+    app = _cli(monkeypatch, tmp_path, prometheus)
+    result = CliRunner().invoke(app, ["metrics", "chat", "--window", "1h", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["endpoint"], doc["org"], doc["window"], doc["device"]) == ("chat", CHAT.org, "1h", "cpu")
+    assert doc["no_requests"] is False and doc["step_s"] > 0
+    by_name = {s["name"]: s for s in doc["series"]}
+    assert set(by_name) == set(EXPECTED)
+    gauges = {"running_requests", "waiting_requests", "kv_cache_usage", "device_utilization",
+              "device_memory_used", "device_memory_total"}
+    for name, series in by_name.items():
+        assert series["unit"] and series["title"], name
+        assert series["points"] and all(len(p) == 2 and p[0] <= doc["end"] for p in series["points"]), name
+        # the samples are constant: the maximum is the expected number (rates ramp at both ends
+        # of the samples, which stop two minutes ago), and gauges are that now too
+        assert series["max"] == pytest.approx(EXPECTED[name], rel=1e-6), name
+        assert series["min"] <= series["avg"] * (1 + 1e-9) and series["avg"] <= series["max"] * (1 + 1e-9), name
+        if name in gauges:
+            assert series["now"] == pytest.approx(EXPECTED[name], rel=1e-6), name

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
+from inference_endpoints.cli.output import JsonFlag, Table, print_json
 from inference_endpoints.cli.roots import roots_app
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Register, list and inspect checkpoints.")
@@ -49,19 +48,27 @@ def register_cmd(
 @checkpoint_app.command("list")
 def list_checkpoints_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Include deleted and reclaimed")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List this organization's checkpoints, with the endpoints holding each one."""
+    from inference_endpoints.cli.documents import checkpoint_document
     from inference_endpoints.persistence.checkpoint_lifecycle import list_with_holders
 
     ctx = load_context()
-    table = Table("id", "name", "kind", "base model", "size", "status", "held by", "created")
+    rows = []
     for row, holders in list_with_holders(ctx.registry, ctx.org_id, include_deleted=all_):
-        style = CHECKPOINT_STYLE.get(row.status, "white")
         if row.status in ("reclaiming", "reclaimed"):
             holders = []  # the bytes are gone or going: a crashed run's open lease holds nothing
-        table.add_row(row.id, row.name, row.kind, row.base_model, f"{row.size_bytes:,}",
-                      f"[{style}]{row.status}[/]", ", ".join(h.label() for h in holders) or "-",
-                      row.created_at.strftime("%Y-%m-%d %H:%M"))
+        rows.append(checkpoint_document(ctx, row, held_by=[h.label() for h in holders]))
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "name", "kind", "base model", "size", "status", "held by", "created")
+    for doc in rows:
+        style = CHECKPOINT_STYLE.get(doc["status"], "white")
+        table.add_row(doc["id"], doc["name"], doc["kind"], doc["base_model"], f"{doc['size_bytes']:,}",
+                      f"[{style}]{doc['status']}[/]", ", ".join(doc["held_by"]) or "-",
+                      doc["created_at"][:16].replace("T", " "))
     out.print(table)
 
 
@@ -82,32 +89,44 @@ def delete_checkpoint_cmd(ref: Annotated[str, typer.Argument(help="Checkpoint id
 
 
 @checkpoint_app.command("show")
-def show_checkpoint_cmd(ref: Annotated[str, typer.Argument(help="Checkpoint id or name")]) -> None:
+def show_checkpoint_cmd(ref: Annotated[str, typer.Argument(help="Checkpoint id or name")],
+                        as_json: JsonFlag = False) -> None:
     """Show a checkpoint's facts and where its bytes are stored."""
+    from inference_endpoints.cli.documents import checkpoint_detail
+
     ctx = load_context()
     row = ctx.registry.find_checkpoint(ctx.org_id, ref)
     if row is None:
         err.print(f"[red]No checkpoint {ref!r} in this organization.[/]")
         raise typer.Exit(2)
+    doc = checkpoint_detail(ctx, row)
+    if as_json:
+        print_json(doc)
+        return
     table = Table(show_header=False, title=f"checkpoint {row.name}")
     for key in ("id", "name", "kind", "base_model", "status", "digest", "size_bytes"):
-        table.add_row(key, str(getattr(row, key)))
-    table.add_row("storage location", str(ctx.store.path_of(row.location)))
-    for key, value in sorted(json.loads(row.facts_json).items()):
+        table.add_row(key, str(doc[key]))
+    table.add_row("storage location", doc["storage_location"])
+    for key, value in sorted(doc["facts"].items()):
         table.add_row(f"facts.{key}", str(value))
     out.print(table)
 
 
-def instances_cmd() -> None:
+def instances_cmd(as_json: JsonFlag = False) -> None:
     """List the instance types endpoints can run on."""
+    from inference_endpoints.cli.documents import instance_document
+
     ctx = load_context()
+    rows = [instance_document(spec) for spec in ctx.registry.instances().values()]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("name", "accelerator", "GPUs", "memory/device", "precisions", "fp8",
                   "$/hour", "work pool")
-    for spec in ctx.registry.instances().values():
-        table.add_row(spec.name, spec.accelerator, str(spec.gpu_count),
-                      f"{spec.memory_per_device_mib / 1024:.1f} GiB",
-                      ", ".join(p for p in spec.precisions if p != "auto"),
-                      "yes" if spec.fp8 else "no", f"{spec.price_per_hour:.2f}", spec.work_pool)
+    for doc in rows:
+        table.add_row(doc["name"], doc["accelerator"], str(doc["gpu_count"]),
+                      f"{doc['memory_per_device_mib'] / 1024:.1f} GiB", ", ".join(doc["precisions"]),
+                      "yes" if doc["fp8"] else "no", f"{doc['price_per_hour']:.2f}", doc["work_pool"])
     out.print(table)
 
 

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from inference_endpoints.core.errors import CheckpointError, RequestInvalid, shown
+from inference_endpoints.cli.output import Table, make_console
+from inference_endpoints.core.errors import CheckpointError, RequestInvalid, StorageFull, shown
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import LocalCheckpointStore
 from inference_endpoints.services.import_roots import SourcePolicy
 from inference_endpoints.settings import Settings, cli_key, save_cli_key  # noqa: F401  (re-exported)
 
-out = Console()
+out = make_console()  # piped: as wide as its content, never cut (cli/output.py)
 # Messages and errors are never wrapped by Rich: piped output (80 columns) keeps each on one line.
 err = Console(stderr=True, soft_wrap=True)
 
@@ -101,6 +101,9 @@ def user_errors() -> Iterator[None]:
     except CheckpointError as exc:
         print_problems(RequestInvalid([exc.problem]))
         raise typer.Exit(2) from None
+    except StorageFull as exc:  # not the request's fault: exit 1, and nothing was kept
+        print_problems(RequestInvalid([exc.problem]))
+        raise typer.Exit(1) from None
 
 
 def fit_table(rows: list[tuple[str, str]]) -> Table:
@@ -108,9 +111,6 @@ def fit_table(rows: list[tuple[str, str]]) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
-
-
-
 
 STATUS_STYLE = {
     "pending": "yellow", "deploying": "yellow", "loading": "yellow", "healthy": "green",

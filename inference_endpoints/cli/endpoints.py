@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import (
     STATUS_STYLE,
@@ -16,6 +15,7 @@ from inference_endpoints.cli.common import (
     use_stack,
     user_errors,
 )
+from inference_endpoints.cli.output import JsonFlag, Table, print_json
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
 
@@ -75,6 +75,10 @@ def show_endpoint(ctx: Context, endpoint_id: str) -> None:
     table.add_row("serve run", ep.serve_run_id or "-")
     table.add_row("startup phases", phase_timings(ep))
     out.print(table)
+    if ep.min_replicas > 1 or ep.max_replicas > 1:
+        from inference_endpoints.cli.scale import replicas_table
+
+        out.print(replicas_table(ctx, ep))
     out.print(config_table(ServingSpec.from_json(ep.serving_config_json)))
     events = Table("time", "event", "reason", "message", title="activity")
     for ev in ctx.registry.activity(ep.id):
@@ -84,36 +88,40 @@ def show_endpoint(ctx: Context, endpoint_id: str) -> None:
     out.print(events)
 
 
-def list_cmd() -> None:
+def list_cmd(as_json: JsonFlag = False) -> None:
     """List this organization's endpoints, with requests running and served (from the gateway)."""
     from inference_endpoints.adapters.gateway.stats import fetch_traffic
-    from inference_endpoints.urls import endpoint_urls
+    from inference_endpoints.cli.documents import endpoint_summary
 
     ctx = load_context()
-    org = ctx.registry.get_org(ctx.org_id)
-    org_name = org.name if org else ctx.settings.org
     traffic = fetch_traffic(ctx.settings)
+    rows = [endpoint_summary(ctx, ep, traffic) for ep in ctx.registry.list_endpoints(ctx.org_id)]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("name", "status", "model", "instance", "running", "requests", "url", "created")
-    for ep in ctx.registry.list_endpoints(ctx.org_id):
-        ckpt = ctx.registry.find_checkpoint(ctx.org_id, ep.checkpoint_id)
-        style = STATUS_STYLE.get(ep.status, "white")
-        stats = traffic.get((org_name, ep.name)) if traffic is not None else None
-        table.add_row(ep.name, f"[{style}]{ep.status}[/]",
-                      f"{ckpt.base_model if ckpt else '?'} / {ckpt.name if ckpt else '?'}",
-                      ep.instance,
-                      str(stats.in_flight) if stats else ("0" if traffic is not None else "?"),
-                      str(stats.requests) if stats else ("0" if traffic is not None else "?"),
-                      endpoint_urls(ep.name, org_name, ctx.settings).path_url + "/v1",
-                      ep.created_at.strftime("%Y-%m-%d %H:%M"))
+    for row in rows:
+        style = STATUS_STYLE.get(row["status"], "white")
+        table.add_row(row["name"], f"[{style}]{row['status']}[/]",
+                      f"{row['model']} ({row['base_model'] or '?'} / {row['checkpoint']['name'] or '?'})",
+                      row["instance"],
+                      *("?" if row[k] is None else str(row[k]) for k in ("in_flight", "requests")),
+                      row["path_url"], row["created_at"][:16].replace("T", " "))
     out.print(table)
     if traffic is None:
         out.print("[dim]The gateway is not answering: request counts unknown (`endpoints status`).[/]")
 
 
-def show_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")]) -> None:
-    """Show an endpoint: status, URL, serving configuration, activity."""
+def show_cmd(name: Annotated[str, typer.Argument(help="Endpoint name or id")],
+             as_json: JsonFlag = False) -> None:
+    """Show an endpoint: status, URL, serving configuration, replicas, activity."""
     ctx = load_context()
     ep = require_endpoint(ctx, name)
+    if as_json:
+        from inference_endpoints.cli.documents import endpoint_detail
+
+        print_json(endpoint_detail(ctx, ep))
+        return
     show_endpoint(ctx, ep.id)
 
 

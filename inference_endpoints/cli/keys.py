@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
+from inference_endpoints.cli.output import JsonFlag, Table, iso, print_json
 from inference_endpoints.core.errors import invalid
 from inference_endpoints.core.validation import DNS_LABEL
 
@@ -43,14 +43,19 @@ def create_key_cmd(
 
 
 @key_app.command("list")
-def list_keys_cmd() -> None:
+def list_keys_cmd(as_json: JsonFlag = False) -> None:
     """List the current organization's keys (prefix only, never the key)."""
     ctx = load_context()
+    rows = [{"id": key.id, "prefix": key.prefix, "name": key.name, "created_at": iso(key.created_at),
+             "revoked_at": iso(key.revoked_at)} for key in ctx.registry.list_keys(ctx.org_id)]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("id", "prefix", "name", "created", "revoked", title=f"keys of {ctx.settings.org}")
-    for key in ctx.registry.list_keys(ctx.org_id):
-        revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "-"
-        table.add_row(key.id, key.prefix, key.name, key.created_at.strftime("%Y-%m-%d %H:%M"),
-                      f"[red]{revoked}[/]" if key.revoked_at else revoked)
+    for doc in rows:
+        revoked = doc["revoked_at"][:16].replace("T", " ") if doc["revoked_at"] else "-"
+        table.add_row(doc["id"], doc["prefix"], doc["name"], str(doc["created_at"])[:16].replace("T", " "),
+                      f"[red]{revoked}[/]" if doc["revoked_at"] else revoked)
     out.print(table)
 
 

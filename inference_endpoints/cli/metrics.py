@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.adapters.metrics.config import MetricsConfig
 from inference_endpoints.adapters.metrics.format import format_value, sparkline
@@ -17,6 +16,7 @@ from inference_endpoints.adapters.metrics.series import (
     endpoint_series,
 )
 from inference_endpoints.cli.common import err, load_context, out, require_endpoint
+from inference_endpoints.cli.output import JsonFlag, Table, print_json
 
 DEVICE_WORDS = {"cpu": "CPU: the engine's processes (no GPU on this host)", "gpu": "GPU (NVML)",
                 None: "no device metrics in this window"}
@@ -25,6 +25,7 @@ DEVICE_WORDS = {"cpu": "CPU: the engine's processes (no GPU on this host)", "gpu
 def metrics_cmd(
     name: Annotated[str, typer.Argument(help="Endpoint name or id")],
     window: Annotated[str, typer.Option(help=f"One of {', '.join(WINDOWS)}")] = "1h",
+    as_json: JsonFlag = False,
 ) -> None:
     """Show an endpoint's request rate, latency, TTFT, tokens/s, errors, queue, KV cache and device use."""
     if window not in WINDOWS:
@@ -41,7 +42,25 @@ def metrics_cmd(
     except PrometheusUnavailable as exc:
         err.print(f"[red]Metrics unavailable:[/] {exc}")
         raise typer.Exit(1) from None
+    if as_json:
+        print_json(metrics_document(report, now, ep.status))
+        return
     out.print(render(report, now, ep.status))
+
+
+def metrics_document(report: MetricsReport, now: dict[str, float | None], status: str) -> dict[str, Any]:
+    """Every series with its unit, current value and points ([unix seconds, value])."""
+    series = []
+    for s in report.series:
+        values = [v for _, v in s.points]
+        series.append({"name": s.name, "title": s.title, "unit": s.unit, "now": now.get(s.name),
+                       "min": min(values) if values else None, "avg": _mean(values) if values else None,
+                       "max": max(values) if values else None,
+                       "points": [[t, v] for t, v in s.points]})
+    return {"endpoint": report.endpoint, "org": report.org, "status": status, "window": report.window,
+            "start": report.start, "end": report.end, "step_s": report.step_s, "device": report.device,
+            "requests_in_window": report.requests_in_window, "no_requests": report.no_requests,
+            "series": series}
 
 
 def render(report: MetricsReport, now: dict[str, float | None], status: str) -> Table:

@@ -10,9 +10,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import Context, load_context, out, user_errors
+from inference_endpoints.cli.output import Table
 from inference_endpoints.persistence.models import Organization
 
 roots_app = typer.Typer(no_args_is_help=True, help="List, add and remove the directories an "

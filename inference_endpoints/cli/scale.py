@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import Context, err, load_context, out, require_endpoint, use_stack
-from inference_endpoints.core.lifecycle import Role
+from inference_endpoints.cli.output import Table
 from inference_endpoints.core.replica_counts import replica_problems
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
@@ -21,16 +20,13 @@ from inference_endpoints.settings import Settings
 
 def replicas_table(ctx: Context, ep: Endpoint) -> Table:
     """Each running replica: its slot, phase, address and serve run."""
+    from inference_endpoints.cli.documents import replica_rows
+
     table = Table("replica", "phase", "address", "serve run", "flow run",
                   title=f"replicas of {ep.name}: {ep.min_replicas} wanted (max {ep.max_replicas})")
-    for run in ctx.registry.runs.of(ep.id):
-        if run.ended_at is not None or run.role == Role.CANDIDATE.value:
-            continue
-        slot = 0 if run.role == Role.LIVE.value else run.replica
-        phase = ("draining" if run.stop_requested_at else "ready" if run.ready_at
-                 else "loading" if run.engine_started_at else "queued" if run.queued_message
-                 else "waiting for a worker" if run.flow_run_id else "recorded")
-        table.add_row(str(slot), phase, run.backend_url or "-", run.id, run.flow_run_id or "-")
+    for row in replica_rows(ctx, ep):
+        table.add_row(str(row["replica"]), row["phase"], row["address"] or "-", row["serve_run"],
+                      row["flow_run_id"] or "-")
     return table
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from inference_endpoints.cli.common import Context, cli_key, err, load_context, out, use_stack, user_errors
 from inference_endpoints.cli.create import create_cmd
 from inference_endpoints.cli.endpoints import stop_endpoint_by_name
+from inference_endpoints.cli.output import JsonFlag, Table, print_json
 from inference_endpoints.core.status import EndpointStatus
 from inference_endpoints.settings import Settings
 
@@ -111,51 +111,66 @@ def _report_failed_up(stack: LocalStack, exc: BaseException) -> None:
     err.print(f"logs: {stack.settings.log_dir}; `endpoints down` stops the parts that did start")
 
 
-def print_status(ctx: Context, stack: LocalStack) -> bool:
-    """The status table; returns whether every core part (Prefect, workers, gateway) is up."""
+def status_document(ctx: Context, stack: LocalStack) -> dict[str, Any]:
+    """Each part of the local stack, where it is and whether it is up; `ok`: every core part is."""
     from deployments.pools import POOLS
     from inference_endpoints.adapters.processes import alive
 
     state = stack.read_state()
-    table = Table("component", "where", "state", title="Inference Endpoints")
-    prefect_ok = stack.prefect_healthy()
-    table.add_row("Prefect server", stack.prefect_url.removesuffix("/api"), _up(prefect_ok))
+    parts: list[dict[str, Any]] = []
+
+    def part(name: str, where: str, up: bool, core: bool) -> None:
+        parts.append({"component": name, "where": where, "up": up, "core": core})
+
+    part("Prefect server", stack.prefect_url.removesuffix("/api"), stack.prefect_healthy(), True)
     workers = dict(state.workers) if state else {}
-    core_ok = prefect_ok
     for pool in [p.name for p in POOLS] + [p for p in workers if p not in {q.name for q in POOLS}]:
         pid = workers.get(pool)
-        worker_ok = alive(pid)
-        core_ok = core_ok and worker_ok
-        table.add_row(f"worker ({pool})", f"pid {pid}" if pid else "-", _up(worker_ok))
-    gateway_ok = stack.gateway_healthy()
-    core_ok = core_ok and gateway_ok
-    table.add_row("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
-                  _up(gateway_ok))
-    table.add_row("console and REST API", f"{stack.console_url}  ·  {stack.console_url}/openapi.json",
-                  _up(stack.console_healthy()))
-    prom = state.prometheus_url if state else None
-    table.add_row("Prometheus (15d retention)", prom or "-",
-                  _up(bool(state and alive(state.prometheus_pid))))
+        part(f"worker ({pool})", f"pid {pid}" if pid else "-", alive(pid), True)
+    part("gateway (stable URLs)", f"{stack.gateway_url}  ·  *.{ctx.settings.base_domain}",
+         stack.gateway_healthy(), True)
+    part("console and REST API", f"{stack.console_url}  ·  {stack.console_url}/openapi.json",
+         stack.console_healthy(), False)
+    part("Prometheus (15d retention)", (state.prometheus_url if state else None) or "-",
+         bool(state and alive(state.prometheus_pid)), False)
     key = cli_key(ctx.settings)
-    table.add_row("API key (CLI)", f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else "-", "")
-    table.add_row("registry", ctx.settings.db_url, "")
-    table.add_row("checkpoint store", str(ctx.settings.store_root), "")
-    table.add_row("logs", str(ctx.settings.log_dir), "")
+    return {
+        "ok": all(p["up"] for p in parts if p["core"]),
+        "components": parts,
+        "api_key": f"{key[:11]}… in {ctx.settings.cli_key_path}" if key else None,
+        "registry": ctx.settings.db_url, "checkpoint_store": str(ctx.settings.store_root),
+        "logs": str(ctx.settings.log_dir),
+    }
+
+
+def print_status(ctx: Context, stack: LocalStack, as_json: bool = False) -> bool:
+    """The status table (or JSON); returns whether every core part (Prefect, workers, gateway) is up."""
+    doc = status_document(ctx, stack)
+    if as_json:
+        print_json(doc)
+        return bool(doc["ok"])
+    table = Table("component", "where", "state", title="Inference Endpoints")
+    for p in doc["components"]:
+        table.add_row(p["component"], p["where"], _up(p["up"]))
+    table.add_row("API key (CLI)", doc["api_key"] or "-", "")
+    table.add_row("registry", doc["registry"], "")
+    table.add_row("checkpoint store", doc["checkpoint_store"], "")
+    table.add_row("logs", doc["logs"], "")
     out.print(table)
-    return core_ok
+    return bool(doc["ok"])
 
 
 def _up(ok: bool) -> str:
     return "[green]up[/]" if ok else "[red]down[/]"
 
 
-def status_cmd() -> None:
+def status_cmd(as_json: JsonFlag = False) -> None:
     """Show where the local stack's parts are and whether they are up (exit 1 if a core part is down)."""
     from inference_endpoints.localstack.stack import LocalStack
 
     settings = Settings()
     ctx = load_context()
-    if not print_status(ctx, LocalStack(settings)):
+    if not print_status(ctx, LocalStack(settings), as_json):
         err.print("A core part (Prefect server, a worker or the gateway) is down: `endpoints up` "
                   "starts what is missing.")
         raise typer.Exit(1)

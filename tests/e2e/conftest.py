@@ -118,6 +118,26 @@ class E2EStack:
         return self.stack.start_worker(pool)
 
 
+def _wait_for_in_flight_runs(client: Any, deployment_id: Any, timeout_s: float = 60.0) -> None:
+    """Pausing stops new runs only: one already Pending or Running would still act mid-test."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    in_flight = FlowRunFilter(state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])))
+    mine = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    deadline = time.monotonic() + timeout_s
+    while client.read_flow_runs(flow_run_filter=in_flight, deployment_filter=mine, limit=1):
+        assert time.monotonic() < deadline, f"a run of deployment {deployment_id} is still in flight"
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def paused_deployment(name: str) -> Iterator[None]:
     """Pause a scheduled deployment (e.g. reconcile) so a test decides when it runs."""
@@ -127,6 +147,7 @@ def paused_deployment(name: str) -> Iterator[None]:
         deployment = client.read_deployment_by_name(name)
         was_paused = bool(deployment.paused)
         client.pause_deployment(deployment.id)
+        _wait_for_in_flight_runs(client, deployment.id)
     try:
         yield
     finally:

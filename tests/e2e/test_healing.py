@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from flows.reconcile_endpoints import reconcile_endpoints
-from tests.e2e.conftest import E2EStack
+from tests.e2e.conftest import E2EStack, paused_deployment
 from tests.e2e.engine_tools import engine_leader, flow_run_process
 from tests.e2e.traffic import ClientLoop
 
@@ -119,9 +119,11 @@ def test_killed_engine_and_killed_serve_run_heal_on_their_own(e2e: E2EStack) -> 
 
 def test_a_killed_worker_is_detected_and_restarted(e2e: E2EStack) -> None:
     pid = e2e.ensure_worker()
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)
-    rows = reconcile_endpoints()
+    # The scheduled reconcile would race this one to the restart: only this call may act.
+    with paused_deployment("reconcile-endpoints/default"):
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        rows = reconcile_endpoints()
     assert any(r["decision"] == "worker_restarted" for r in rows), rows
     state = e2e.stack.read_state()
     assert state is not None and state.workers["cpu-dev"] != pid
