@@ -54,6 +54,12 @@ class FakeOrchestrator:
         self.calls.append(("stop", endpoint_id, org_name, remove))
         return f"run-stop-{len(self.calls)}"
 
+    def submit_reconcile(self) -> str:
+        if self.fail:
+            raise SubmitError("Prefect did not accept the run: connection refused")
+        self.calls.append(("reconcile",))
+        return f"run-reconcile-{len(self.calls)}"
+
 
 @dataclass
 class FakeTraffic:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from inference_endpoints.cli import checkpoints, create, endpoints, events, keys, logs, metrics, scale, stack
+from inference_endpoints.cli import (
+    checkpoints,
+    create,
+    endpoints,
+    events,
+    keys,
+    logs,
+    metrics,
+    scale,
+    stack,
+    start,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
 app.add_typer(checkpoints.checkpoint_app, name="checkpoint")
@@ -21,6 +32,7 @@ app.command("list")(endpoints.list_cmd)
 app.command("show")(endpoints.show_cmd)
 app.command("logs")(logs.logs_cmd)
 app.command("scale")(scale.scale_cmd)
+app.command("start")(start.start_cmd)
 app.command("stop")(endpoints.stop_cmd)
 app.command("rm")(endpoints.rm_cmd)
 app.command("metrics")(metrics.metrics_cmd)

@@ -8,27 +8,26 @@ address. `_settle` is the only code that writes an endpoint's status.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from inference_endpoints.core.errors import invalid
 from inference_endpoints.core.lifecycle import (
     Derived,
     Desired,
-    Intent,
     Purpose,
     Role,
-    RunFacts,
     derive,
     serving_backends,
 )
 from inference_endpoints.core.status import REASON_HINTS, EndpointStatus, ReasonCode
+from inference_endpoints.persistence.leases import lock_checkpoint
 from inference_endpoints.persistence.models import (
     ActivityEvent,
     CheckpointLease,
@@ -36,6 +35,7 @@ from inference_endpoints.persistence.models import (
     ServeRun,
     utcnow,
 )
+from inference_endpoints.persistence.run_facts import aware, intent_of, run_facts
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
@@ -50,43 +50,6 @@ _STATUS_TIMESTAMP = {
 # Facts a serve run reports about itself.
 RUN_FACTS = frozenset({"backend_url", "exporter_url", "engine_started_at", "health_ok_at", "ready_at",
                        "last_seen_at", "probe_failures", "not_ready_message", "log_path", "log_host"})
-
-
-def aware(ts: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything here is UTC."""
-    return ts if ts is None or ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
-def _utc(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
-def run_facts(row: ServeRun) -> RunFacts:
-    return RunFacts(
-        id=row.id, role=Role(row.role), generation=row.generation, created_at=_utc(row.created_at),
-        purpose=Purpose(row.purpose), flow_run_id=row.flow_run_id,
-        submitted_at=aware(row.submitted_at), engine_started_at=aware(row.engine_started_at),
-        ready_at=aware(row.ready_at), last_seen_at=aware(row.last_seen_at),
-        probe_failures=row.probe_failures, not_ready_message=row.not_ready_message,
-        ended_at=aware(row.ended_at), end_reason=ReasonCode(row.end_reason) if row.end_reason else None,
-        end_message=row.end_message, stop_requested_at=aware(row.stop_requested_at),
-        backend_url=row.backend_url, requested_by=row.requested_by,
-        queued_at=aware(row.queued_at), queued_message=row.queued_message,
-        replica=row.replica, config_key=config_key(row),
-    )
-
-
-def config_key(row: ServeRun) -> str:
-    """What a replica must share with the live run: its checkpoint and serving configuration."""
-    return f"{row.checkpoint_id}:{hashlib.sha256(row.serving_config_json.encode()).hexdigest()[:16]}"
-
-
-def intent_of(ep: Endpoint) -> Intent:
-    return Intent(desired=Desired(ep.desired),
-                  stop_reason=ReasonCode(ep.stop_reason) if ep.stop_reason else None,
-                  stop_message=ep.stop_message, remove=ep.remove_requested,
-                  verdict=ReasonCode(ep.verdict) if ep.verdict else None,
-                  verdict_message=ep.verdict_message)
 
 
 def _lock(s: Session, endpoint_id: str) -> Endpoint | None:
@@ -203,6 +166,47 @@ class ServeRuns:
                       .values(stop_requested_at=now))
             return True
         return self._write(endpoint_id, change, ("stop_requested", message))
+
+    def start_again(self, endpoint_id: str, leased: list[str]) -> ServeRun | None:
+        """A stopped or failed endpoint serves again: same name, URL and configuration.
+
+        Guarded: only once it holds nothing (status `stopped` or `failed`: every run ended,
+        every lease released) and is not being removed. The checkpoints in `leased` are
+        re-checked `available` and leased in the same transaction (a concurrent delete either
+        wins, and this raises `checkpoint_deleted`, or sees the lease). None if refused.
+        """
+        added: list[ServeRun] = []
+
+        def change(s: Session, ep: Endpoint) -> bool:
+            if (ep.status not in (EndpointStatus.STOPPED.value, EndpointStatus.FAILED.value)
+                    or ep.remove_requested):
+                return False
+            for checkpoint_id in leased:
+                if not lock_checkpoint(s, checkpoint_id):
+                    raise invalid("checkpoint_deleted", "checkpoint",
+                                  f"Checkpoint {checkpoint_id} was deleted: {ep.name} cannot serve it again.",
+                                  "Create a new endpoint from an available checkpoint "
+                                  "(`endpoints checkpoint list`).")
+                s.add(CheckpointLease(checkpoint_id=checkpoint_id, endpoint_id=ep.id,
+                                      endpoint_name=ep.name))
+            top = s.exec(select(func.max(ServeRun.generation))
+                         .where(ServeRun.endpoint_id == endpoint_id)).one()
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id,
+                           generation=0 if top is None else int(top) + 1, role=Role.LIVE.value,
+                           purpose=Purpose.START.value, checkpoint_id=ep.checkpoint_id,
+                           serving_config_json=ep.serving_config_json)
+            s.add(run)
+            s.flush()
+            ep.desired, ep.stop_reason, ep.stop_message = Desired.SERVING.value, None, None
+            ep.verdict = ep.verdict_message = ep.candidate_run = None
+            ep.live_run = run.id
+            # A new span: idle time counts from its own `healthy`, not the last one's.
+            ep.scheduled_at = ep.loading_at = ep.healthy_at = ep.stopping_at = None
+            s.add(ep)
+            added.append(run)
+            return True
+
+        return added[0] if self._write(endpoint_id, change, ("started", "started again")) else None
 
     def give_up(self, endpoint_id: str, reason: ReasonCode, message: str,
                 expected_live: str | None) -> bool:
@@ -376,7 +380,7 @@ class ServeRuns:
             q = select(ServeRun.created_at).where(ServeRun.endpoint_id == endpoint_id,
                                                   ServeRun.purpose == Purpose.RESTART.value)
             for ts in s.exec(q):
-                yield _utc(ts)
+                yield aware(ts) or ts
 
 
 __all__ = ["REASON_HINTS", "ServeRuns", "aware", "intent_of", "run_facts"]

@@ -15,9 +15,9 @@ from pathlib import Path
 from inference_endpoints.core.bounds import name_too_long, path_problems
 from inference_endpoints.core.errors import CheckpointError, Problem, RequestInvalid, shown
 from inference_endpoints.core.serving_config import ServingSpec, render
-from inference_endpoints.core.status import CheckpointKind, CheckpointStatus
+from inference_endpoints.core.status import CheckpointKind, CheckpointStatus, EndpointStatus
 from inference_endpoints.core.validation import CreateRequest, ValidatedCreate, validate_create
-from inference_endpoints.persistence.models import Checkpoint, new_id
+from inference_endpoints.persistence.models import Checkpoint, Endpoint, new_id
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import CheckpointStore
 from inference_endpoints.services.checkpoints import checkpoint_digest, inspect_checkpoint
@@ -150,3 +150,33 @@ def plan_create(
         api_key=f"be_{secrets.token_urlsafe(24)}",
     )
     return Plan(endpoint_id, validated, spec)
+
+
+def start_again(registry: Registry, org_id: str, ref: str) -> Endpoint:
+    """Serve a stopped (or failed) endpoint again with its name, URL and configuration.
+
+    Validated like a create against today's checkpoint and catalog (a deleted checkpoint,
+    or an instance that no longer fits it, is refused with the field and a fix) before the
+    guarded write; the reconciler submits the new live run. A refusal writes nothing.
+    """
+    ep = registry.find_endpoint(org_id, ref)
+    if ep is None:
+        raise RequestInvalid.single("endpoint_not_found", "name", f"No endpoint {shown(ref)}.",
+                                    "`endpoints list` shows this organization's endpoints.")
+    if ep.status not in (EndpointStatus.STOPPED.value, EndpointStatus.FAILED.value):
+        raise RequestInvalid.single(
+            "endpoint_not_stopped", "name", f"{ep.name} is {ep.status}: only a stopped or failed "
+            "endpoint can be started.",
+            "Wait until it has stopped (`endpoints show`), or leave it serving.")
+    checkpoint = registry.checkpoint_view(org_id, ep.checkpoint_id)
+    request = CreateRequest(ep.name, ep.checkpoint_id, ep.instance, ep.max_context, ep.precision,
+                            ep.quantization)
+    validated = validate_create(request, checkpoint=checkpoint, name_taken=False,
+                                instances=registry.instances())
+    leased = [validated.checkpoint.id] + ([validated.checkpoint.base.id] if validated.checkpoint.base else [])
+    if registry.runs.start_again(ep.id, leased) is None:  # it changed since it was read
+        raise RequestInvalid.single("endpoint_not_stopped", "name",
+                                    f"{ep.name} changed while it was being started.", "Try again.")
+    fresh = registry.get_endpoint(ep.id)
+    assert fresh is not None
+    return fresh

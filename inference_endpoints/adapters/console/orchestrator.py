@@ -1,4 +1,4 @@
-"""How the console hands work to Prefect: submit the create and stop flows, never wait on them.
+"""How the console hands work to Prefect: submit the create, stop and reconcile flows, never wait.
 
 The API records an endpoint itself (so it can answer 202 with the record at once)
 and submits `create-endpoint/default` with the same idempotency key; the flow finds
@@ -15,6 +15,7 @@ from inference_endpoints.core.catalog import InstanceSpec
 
 CREATE_DEPLOYMENT = "create-endpoint/default"
 STOP_DEPLOYMENT = "stop-endpoint/default"
+RECONCILE_DEPLOYMENT = "reconcile-endpoints/default"
 
 
 class SubmitError(RuntimeError):
@@ -32,6 +33,10 @@ class Orchestrator(Protocol):
 
     def submit_stop(self, endpoint_id: str, org_name: str, remove: bool) -> str:
         """Schedule the stop flow; returns its flow run id."""
+        ...
+
+    def submit_reconcile(self) -> str:
+        """Run the reconcile pass now (it acts on recorded intents, e.g. a start); its run id."""
         ...
 
 
@@ -55,6 +60,9 @@ class PrefectOrchestrator:
         params = {"endpoint": endpoint_id, "org": org_name, "remove": remove}
         return self._run(STOP_DEPLOYMENT, params, None,
                          f"{'remove' if remove else 'stop'}/{org_name}/{endpoint_id}")
+
+    def submit_reconcile(self) -> str:
+        return self._run(RECONCILE_DEPLOYMENT, {}, None, "reconcile/console")
 
     @staticmethod
     def _run(deployment: str, parameters: dict[str, Any], idempotency_key: str | None,

@@ -127,6 +127,16 @@ def stop(request: Request, name: str, org: Org, svc: Svc, show: str = "all") -> 
     return _stop_or_remove(request, svc, org, name, remove=False, show=show)
 
 
+@router.post("/endpoints/{name}/start", dependencies=[Csrf])
+def start(request: Request, name: str, org: Org, svc: Svc) -> Response:
+    try:
+        svc.start(org, name)
+        flash(request, "ok", f"Starting {name} again at the same URL.")
+    except (NotFound, RequestInvalid) as exc:
+        flash(request, "error", _message(exc))
+    return redirect(f"/endpoints/{name}")
+
+
 @router.post("/endpoints/{name}/remove", dependencies=[Csrf])
 def remove(request: Request, name: str, org: Org, svc: Svc, show: str = "all") -> Response:
     return _stop_or_remove(request, svc, org, name, remove=True, show=show)

@@ -272,6 +272,19 @@ class ConsoleService:
         run_id = self._submit_stop(org, ep, remove=False)
         return StopResult(self.view(org, ep.id), run_id, "stopping")
 
+    def start(self, org: Organization, ref: str) -> StopResult:
+        """A stopped endpoint serves again (same URL and configuration): the intent is recorded
+        and a reconcile pass submitted; if Prefect is away the scheduled pass acts on it."""
+        from inference_endpoints.services.operations import start_again
+
+        ep = self.endpoint(org, ref)
+        start_again(self.registry, org.id, ep.id)
+        try:
+            run_id: str | None = self.deps.orchestrator.submit_reconcile()
+        except SubmitError:
+            run_id = None
+        return StopResult(self.view(org, ep.id), run_id, "starting")
+
     def remove(self, org: Organization, ref: str) -> StopResult:
         """Delete a stopped endpoint's record now; a running one is stopped first by the flow."""
         ep = self.endpoint(org, ref)

@@ -1,0 +1,170 @@
+"""`endpoints start` / `POST /api/v1/endpoints/{name}/start`: a stopped endpoint serves again.
+
+Same name, URL, model name, backend key and serving configuration; a new live serve run
+(the reconciler submits it) and its checkpoint leased again in the same transaction.
+Every refusal (still serving, checkpoint deleted, being removed) names the field and
+writes nothing. Real registry (SQLite and PostgreSQL); the console's Prefect is the
+named fake orchestrator of tests/test_console_api.py (unit tests have no Prefect server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference_endpoints.core.errors import RequestInvalid
+from inference_endpoints.core.lifecycle import Purpose, Role
+from inference_endpoints.core.status import EndpointStatus
+from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.persistence.checkpoint_lifecycle import delete_checkpoint
+from inference_endpoints.persistence.registry import Registry
+from inference_endpoints.persistence.store import LocalCheckpointStore
+from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.operations import plan_create, register_checkpoint, start_again
+from inference_endpoints.settings import Settings
+from tests.archs import write_tiny_llama
+from tests.lifecycle_support import put_status
+from tests.test_console_api import World, world  # noqa: F401  (the fixture)
+
+S = EndpointStatus
+
+
+def stopped_endpoint(registry: Registry, tmp_path: Path, name: str = "chat") -> tuple[str, str]:
+    """An endpoint that served and was stopped, its lease released; returns (org id, endpoint id)."""
+    settings = Settings(data_dir=tmp_path / "data")
+    org = registry.get_org_by_name("default")
+    assert org is not None
+    src = write_tiny_llama(settings.imports_dir / "default" / "tiny")
+    if registry.find_checkpoint(org.id, "tiny") is None:
+        register_checkpoint(registry, LocalCheckpointStore(settings.store_root), org.id, src, "tiny",
+                            sources=SourcePolicy.from_settings(settings))
+    plan = plan_create(registry, org.id, CreateRequest(name, "tiny", "cpu-dev", 1024, "float32", "none"),
+                       lambda runtime, endpoint_id: f"/srv/{endpoint_id}")
+    registry.record_endpoint(org.id, plan.request, plan.spec, endpoint_id=plan.endpoint_id,
+                             idempotency_key=None)
+    put_status(registry, plan.endpoint_id, S.HEALTHY, backend_url="http://127.0.0.1:9")
+    put_status(registry, plan.endpoint_id, S.STOPPING)
+    put_status(registry, plan.endpoint_id, S.STOPPED)
+    registry.release_leases(plan.endpoint_id)
+    ep = registry.get_endpoint(plan.endpoint_id)
+    assert ep is not None and ep.status == S.STOPPED, ep.status if ep else None
+    return org.id, plan.endpoint_id
+
+
+def snapshot(registry: Registry, endpoint_id: str) -> dict[str, Any]:
+    ep = registry.get_endpoint(endpoint_id)
+    assert ep is not None
+    return {"status": ep.status, "live_run": ep.live_run, "runs": len(registry.runs.of(endpoint_id)),
+            "leases": registry.open_lease_count(endpoint_id), "desired": ep.desired}
+
+
+def test_a_stopped_endpoint_starts_with_the_same_name_url_and_configuration(registry: Registry,
+                                                                             tmp_path: Path) -> None:
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    before = registry.get_endpoint(ep_id)
+    assert before is not None
+    old_runs = registry.runs.of(ep_id)
+    started = start_again(registry, org_id, "chat")
+    assert started.id == ep_id and started.status == S.PENDING
+    assert (started.name, started.served_model_name, started.backend_api_key, started.serving_config_json,
+            started.checkpoint_id) == (before.name, before.served_model_name, before.backend_api_key,
+                                       before.serving_config_json, before.checkpoint_id)
+    assert started.desired == "serving" and started.stop_reason is None and started.healthy_at is None
+    runs = registry.runs.of(ep_id)
+    assert len(runs) == len(old_runs) + 1  # the earlier runs stay, as history
+    live = next(r for r in runs if r.id == started.live_run)
+    assert (live.role, live.purpose, live.flow_run_id) == (Role.LIVE.value, Purpose.START.value, None)
+    assert live.generation == max(r.generation for r in old_runs) + 1
+    assert registry.open_lease_count(ep_id) == 1  # its checkpoint is held again
+    assert "started" in [ev.kind for ev in registry.activity(ep_id)]
+    # What follows is the reconciler's ordinary first start: the same facts make it healthy.
+    put_status(registry, ep_id, S.HEALTHY, backend_url="http://127.0.0.1:9")
+    again = registry.get_endpoint(ep_id)
+    assert again is not None and again.status == S.HEALTHY and again.healthy_at is not None
+
+
+@pytest.mark.parametrize("status", [S.HEALTHY, S.STOPPING])
+def test_a_serving_or_stopping_endpoint_is_refused_and_nothing_changes(registry: Registry, tmp_path: Path,
+                                                                      status: EndpointStatus) -> None:
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    start_again(registry, org_id, "chat")
+    put_status(registry, ep_id, S.HEALTHY, backend_url="http://127.0.0.1:9")
+    if status == S.STOPPING:
+        put_status(registry, ep_id, S.STOPPING)
+    before = snapshot(registry, ep_id)
+    with pytest.raises(RequestInvalid) as caught:
+        start_again(registry, org_id, "chat")
+    assert caught.value.codes == ["endpoint_not_stopped"] and caught.value.problems[0].field == "name"
+    assert status.value in caught.value.problems[0].message
+    assert snapshot(registry, ep_id) == before
+
+
+def test_a_deleted_checkpoint_is_named_and_nothing_is_leased(registry: Registry, tmp_path: Path) -> None:
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    delete_checkpoint(registry, org_id, "tiny")
+    before = snapshot(registry, ep_id)
+    with pytest.raises(RequestInvalid) as caught:
+        start_again(registry, org_id, "chat")
+    problem = caught.value.problems[0]
+    assert problem.field == "checkpoint" and "deleted" in problem.message.lower() + problem.code
+    assert snapshot(registry, ep_id) == before and before["leases"] == 0
+
+
+def test_an_unknown_endpoint_is_named(registry: Registry) -> None:
+    org = registry.get_org_by_name("default")
+    assert org is not None
+    with pytest.raises(RequestInvalid) as caught:
+        start_again(registry, org.id, "nope")
+    assert caught.value.codes == ["endpoint_not_found"]
+
+
+def test_a_removal_in_progress_is_not_undone(registry: Registry, tmp_path: Path) -> None:
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    registry.runs.request_stop(ep_id, remove=True)
+    before = snapshot(registry, ep_id)
+    with pytest.raises(RequestInvalid):
+        start_again(registry, org_id, "chat")
+    assert snapshot(registry, ep_id) == before
+
+
+def test_the_api_starts_a_stopped_endpoint_and_kicks_the_reconciler(world: World) -> None:  # noqa: F811
+    world.create("ep1")
+    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
+    ep = world.registry.find_endpoint(world.org.id, "ep1")
+    assert ep is not None
+    world.registry.release_leases(ep.id)
+    r = world.client.post("/api/v1/endpoints/ep1/start", headers=world.auth)
+    assert r.status_code == 202, r.text
+    assert r.json()["outcome"] == "starting" and r.json()["endpoint"]["status"] == "pending"
+    assert r.json()["run_id"] == f"run-reconcile-{len(world.orchestrator.calls)}"
+    assert world.orchestrator.calls[-1] == ("reconcile",)
+    assert world.registry.open_lease_count(ep.id) == 1
+    # again, while it starts: refused with the field, nothing submitted
+    calls = len(world.orchestrator.calls)
+    r = world.client.post("/api/v1/endpoints/ep1/start", headers=world.auth)
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "name"
+    assert len(world.orchestrator.calls) == calls
+    # another organization's key finds no such endpoint
+    assert world.client.post("/api/v1/endpoints/ep1/start", headers=world.other_auth).status_code == 404
+
+
+def test_the_detail_page_offers_start_for_a_stopped_endpoint(world: World) -> None:  # noqa: F811
+    from tests.test_console_api import csrf_of, sign_in
+
+    world.create("ep1")
+    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
+    ep = world.registry.find_endpoint(world.org.id, "ep1")
+    assert ep is not None
+    world.registry.release_leases(ep.id)
+    sign_in(world)
+    page = world.client.get("/endpoints/ep1")
+    assert 'data-action="start"' in page.text and 'data-action="stop"' not in page.text
+    r = world.client.post("/endpoints/ep1/start", data={"csrf_token": csrf_of(page.text)},
+                          follow_redirects=False)
+    assert r.status_code in (302, 303) and r.headers["location"] == "/endpoints/ep1"
+    fresh = world.registry.find_endpoint(world.org.id, "ep1")
+    assert fresh is not None and fresh.status == S.PENDING
+    page = world.client.get("/endpoints/ep1")
+    assert 'data-action="stop"' in page.text
