@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from inference_endpoints.core.errors import RequestInvalid
-from inference_endpoints.core.replica_counts import replica_problems
+from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Endpoint
@@ -42,9 +42,10 @@ class EndpointFailed(RuntimeError):
 @task(cache_policy=NO_CACHE)
 def record(registry: Registry, org_name: str, request: CreateRequest,
            idempotency_key: str | None, startup_timeout_s: int | None = None,
-           replicas: tuple[int, int] = (1, 1)) -> Endpoint:
+           replicas: tuple[int, int] = (1, 1), scaling: tuple[float | None, int | None] = (None, None),
+           ) -> Endpoint:
     """Validate, render and record the endpoint with its lease, or reuse the idempotent one."""
-    problems = replica_problems(*replicas)
+    problems = replica_problems(*replicas) + scaling_problems(*scaling)
     if problems:
         raise RequestInvalid(problems)
     org = registry.get_org_by_name(org_name)
@@ -68,8 +69,8 @@ def record(registry: Registry, org_name: str, request: CreateRequest,
     )
     if startup_timeout_s:
         registry.update_endpoint(endpoint.id, startup_timeout_s=startup_timeout_s)
-    if replicas != (1, 1):
-        registry.runs.scale(endpoint.id, *replicas)
+    if replicas != (1, 1) or scaling != (None, None):
+        registry.runs.scale(endpoint.id, *replicas, *scaling)
     return endpoint
 
 
@@ -132,7 +133,11 @@ def create_endpoint(
     startup_timeout_s: int | None = Field(default=None,
                                           description="Override the instance's startup timeout"),
     min_replicas: int = Field(default=1, description="Engines kept serving (1 to 8)"),
-    max_replicas: int = Field(default=1, description="Upper bound for scaling (1 to 8, ≥ min)"),
+    max_replicas: int = Field(default=1, description="Autoscale up to this many on load (1 to 8, ≥ min)"),
+    scale_target: float | None = Field(default=None, description="Requests in flight per replica the "
+                                       "autoscaler aims at (default 4)"),
+    scale_down_after_s: int | None = Field(default=None, description="Cooldown before scaling down, "
+                                           "in seconds (default 300)"),
 ) -> str:
     """Create an endpoint and wait until its stable URL serves; returns the endpoint id."""
     logger = get_run_logger()
@@ -140,7 +145,7 @@ def create_endpoint(
     request = CreateRequest(name, checkpoint, instance, max_context,
                             Precision(precision).value, Quantization(quantization).value)
     endpoint = record(registry, org, request, idempotency_key, startup_timeout_s,
-                      (min_replicas, max_replicas))
+                      (min_replicas, max_replicas), (scale_target, scale_down_after_s))
     endpoint = follow(registry, endpoint.id, org)
     if endpoint.status != EndpointStatus.HEALTHY:
         raise EndpointFailed(f"{endpoint.name} {endpoint.status}: {endpoint.reason_code}: "

@@ -57,4 +57,13 @@ def reconcile_now(registry: Registry, endpoint_ids: Sequence[str] | None = None,
     """One reconcile pass with the real orchestrator and backend probes."""
     return reconcile(registry, PrefectOrchestrator(registry), lambda urls: probe_backends(urls, 1.0),
                      endpoint_ids=endpoint_ids, settings=settings,
-                     log=log if callable(log) else print)
+                     log=log if callable(log) else print, load=gateway_in_flight)
+
+
+def gateway_in_flight() -> dict[tuple[str, str], int] | None:
+    """The autoscaler's load: requests in flight per endpoint, as the gateway counts them."""
+    from inference_endpoints.adapters.gateway.stats import fetch_traffic
+    from inference_endpoints.settings import Settings as StackSettings
+
+    traffic = fetch_traffic(StackSettings())
+    return None if traffic is None else {key: t.in_flight for key, t in traffic.items()}

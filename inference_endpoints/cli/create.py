@@ -29,7 +29,7 @@ from inference_endpoints.cli.common import (
 )
 from inference_endpoints.cli.endpoints import config_table, show_endpoint
 from inference_endpoints.core.errors import RequestInvalid
-from inference_endpoints.core.replica_counts import replica_problems
+from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Endpoint
@@ -70,7 +70,11 @@ def create_cmd(
         "--startup-timeout-s", help="Override the instance's startup timeout (seconds)")] = None,
     min_replicas: Annotated[int, typer.Option(help="Engines kept serving (1 to 8)")] = 1,
     max_replicas: Annotated[int | None, typer.Option(
-        help="Upper bound for scaling (default: --min-replicas)")] = None,
+        help="Autoscale up to this many on load (default: --min-replicas)")] = None,
+    scale_target: Annotated[float | None, typer.Option(
+        help="Requests in flight per replica the autoscaler aims at (default 4)")] = None,
+    scale_down_after_s: Annotated[int | None, typer.Option(
+        "--scale-down-after-s", help="Cooldown before scaling down, in seconds (default 300)")] = None,
 ) -> None:
     """Create an endpoint serving a checkpoint and follow it until it is healthy (Ctrl-C stops following)."""
     from inference_endpoints.services.operations import plan_create
@@ -86,7 +90,8 @@ def create_cmd(
     else:
         request = CreateRequest(name, checkpoint, instance, max_context, precision, quantization)
         with user_errors():
-            problems = replica_problems(min_replicas, replicas_max)
+            problems = replica_problems(min_replicas, replicas_max) + scaling_problems(
+                scale_target, scale_down_after_s)
             if problems:
                 raise RequestInvalid(problems)
             plan = plan_create(ctx.registry, ctx.org_id, request,
@@ -109,6 +114,7 @@ def create_cmd(
         "precision": Precision(precision).value, "quantization": Quantization(quantization).value,
         "org": org.name, "idempotency_key": key, "startup_timeout_s": startup_timeout_s,
         "min_replicas": min_replicas, "max_replicas": replicas_max,
+        "scale_target": scale_target, "scale_down_after_s": scale_down_after_s,
     }
     try:
         run_id = submit(parameters, key)

@@ -14,6 +14,7 @@ from inference_endpoints.cli.output import iso
 from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.core.lifecycle import Role
 from inference_endpoints.persistence.models import Checkpoint, Endpoint, ServeRun
+from inference_endpoints.persistence.run_facts import wanted_replicas
 from inference_endpoints.urls import endpoint_urls
 
 
@@ -35,7 +36,8 @@ def endpoint_summary(ctx: Context, ep: Endpoint, traffic: dict[Any, Any] | None)
         "checkpoint": {"id": ep.checkpoint_id, "name": ckpt.name if ckpt else None},
         "base_model": ckpt.base_model if ckpt else None,
         "instance": ep.instance,
-        "replicas": {"min": ep.min_replicas, "max": ep.max_replicas},
+        "replicas": {"min": ep.min_replicas, "max": ep.max_replicas, "wanted": wanted_replicas(ep),
+                     "scale_target": ep.scale_target, "scale_down_after_s": ep.scale_down_after_s},
         # None: the gateway did not answer, so the counts are unknown (not zero)
         "in_flight": (stats.in_flight if stats else 0) if counted else None,
         "requests": (stats.requests if stats else 0) if counted else None,

@@ -13,7 +13,7 @@ import typer
 
 from inference_endpoints.cli.common import Context, err, load_context, out, require_endpoint, use_stack
 from inference_endpoints.cli.output import Table
-from inference_endpoints.core.replica_counts import replica_problems
+from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
 
@@ -21,9 +21,12 @@ from inference_endpoints.settings import Settings
 def replicas_table(ctx: Context, ep: Endpoint) -> Table:
     """Each running replica: its slot, phase, address and serve run."""
     from inference_endpoints.cli.documents import replica_rows
+    from inference_endpoints.persistence.run_facts import wanted_replicas
 
+    autoscaled = (f"autoscaled {ep.min_replicas} to {ep.max_replicas} at {ep.scale_target:g} in flight "
+                  f"per replica" if ep.max_replicas > ep.min_replicas else "fixed")
     table = Table("replica", "phase", "address", "serve run", "flow run",
-                  title=f"replicas of {ep.name}: {ep.min_replicas} wanted (max {ep.max_replicas})")
+                  title=f"replicas of {ep.name}: {wanted_replicas(ep)} wanted ({autoscaled})")
     for row in replica_rows(ctx, ep):
         table.add_row(str(row["replica"]), row["phase"], row["address"] or "-", row["serve_run"],
                       row["flow_run_id"] or "-")
@@ -33,11 +36,16 @@ def replicas_table(ctx: Context, ep: Endpoint) -> Table:
 def scale_cmd(
     name: Annotated[str, typer.Argument(help="Endpoint name or id")],
     min_replicas: Annotated[int, typer.Option(help="Engines kept serving (1 to 8)")],
-    max_replicas: Annotated[int | None, typer.Option(help="Upper bound (default: --min-replicas)")] = None,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="Autoscale up to this many on load (default: --min-replicas, no autoscaling)")] = None,
+    scale_target: Annotated[float | None, typer.Option(
+        help="Requests in flight per replica the autoscaler aims at (default 4)")] = None,
+    scale_down_after_s: Annotated[int | None, typer.Option(
+        "--scale-down-after-s", help="Cooldown before scaling down, in seconds (default 300)")] = None,
 ) -> None:
     """Change how many engines serve an endpoint; the stable URL answers throughout."""
     high = max_replicas if max_replicas is not None else min_replicas
-    problems = replica_problems(min_replicas, high)
+    problems = replica_problems(min_replicas, high) + scaling_problems(scale_target, scale_down_after_s)
     if problems:
         for p in problems:
             err.print(f"  [red]{p.field}[/] ({p.code}): {p.message}\n      [dim]hint:[/] {p.hint}")
@@ -46,7 +54,7 @@ def scale_cmd(
     use_stack(settings)
     ctx = load_context()
     ep = require_endpoint(ctx, name)
-    if not ctx.registry.runs.scale(ep.id, min_replicas, high):
+    if not ctx.registry.runs.scale(ep.id, min_replicas, high, scale_target, scale_down_after_s):
         err.print(f"[red]{ep.name} is {ep.status}: only a serving endpoint can be scaled.[/]")
         raise typer.Exit(1)
     from tasks.orchestration import reconcile_now

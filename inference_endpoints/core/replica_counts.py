@@ -1,4 +1,4 @@
-"""The replica counts a user may ask for, checked before anything is written."""
+"""The replica counts and autoscaling settings a user may ask for, checked before anything is written."""
 
 from __future__ import annotations
 
@@ -32,4 +32,27 @@ def replica_problems(min_replicas: Any, max_replicas: Any) -> list[Problem]:
         problems.append(Problem("invalid_replicas", "max_replicas",
                                 f"max_replicas ({high}) is below min_replicas ({low}).",
                                 f"Use --max-replicas {low} or more, or a smaller --min-replicas."))
+    return problems
+
+
+MAX_SCALE_TARGET = 1024.0
+MAX_SCALE_DOWN_AFTER_S = 86_400
+
+
+def scaling_problems(target: Any, down_after_s: Any) -> list[Problem]:
+    """The autoscaler's settings: a positive load target per replica, a cooldown up to a day."""
+    problems: list[Problem] = []
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)
+                               or not 0 < target <= MAX_SCALE_TARGET):
+        problems.append(Problem("invalid_scale_target", "scale_target",
+                                f"scale_target must be a number of requests in flight per replica "
+                                f"above 0 and at most {MAX_SCALE_TARGET:g}, got {str(target)[:40]!r}.",
+                                "Use --scale-target 4 (the default), or the concurrency one replica "
+                                "serves well."))
+    if down_after_s is not None and (isinstance(down_after_s, bool) or not isinstance(down_after_s, int)
+                                     or not 0 <= down_after_s <= MAX_SCALE_DOWN_AFTER_S):
+        problems.append(Problem("invalid_scale_down_after", "scale_down_after_s",
+                                f"scale_down_after_s must be whole seconds from 0 to "
+                                f"{MAX_SCALE_DOWN_AFTER_S}, got {str(down_after_s)[:40]!r}.",
+                                "Use --scale-down-after-s 300 (the default)."))
     return problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, Text, UniqueConstraint, false
+from sqlalchemy import Boolean, Column, DateTime, Float, Index, Integer, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -133,11 +133,20 @@ class Endpoint(SQLModel, table=True):
     candidate_run: str | None = None
     startup_timeout_s: int | None = None  # overrides the instance's, for this endpoint
     # Replicas: the live run is replica 0; the reconciler keeps `min_replicas` engines
-    # (autoscaling up to `max_replicas` is not built yet). `backend_urls`: every ready one,
+    # (autoscaled up to `max_replicas` on load). `backend_urls`: every ready one,
     # as JSON, for the gateway to balance over (derived, like `status`).
     min_replicas: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     max_replicas: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     backend_urls: str | None = Field(default=None, sa_column=Column(Text))
+    # Autoscaling between min and max (`core.autoscale`): the target load per replica, the
+    # cooldown before a scale-down, and what the autoscaler remembers (None: `min_replicas`).
+    scale_target: float = Field(default=4.0, sa_column=Column(Float, nullable=False, server_default="4"))
+    scale_down_after_s: int = Field(default=300, sa_column=Column(Integer, nullable=False,
+                                                                  server_default="300"))
+    replicas_wanted: int | None = None
+    scale_over_since: datetime | None = Field(default=None, sa_column=_ts())
+    scale_under_since: datetime | None = Field(default=None, sa_column=_ts())
+    scale_changed_at: datetime | None = Field(default=None, sa_column=_ts())
     # Where the serve run exports device metrics (GPU via NVML, or CPU/RSS of the engine).
     exporter_url: str | None = None
     # Stop the endpoint after this many minutes without requests (None: never).

@@ -45,3 +45,9 @@ def intent_of(ep: Endpoint) -> Intent:
                   stop_message=ep.stop_message, remove=ep.remove_requested,
                   verdict=ReasonCode(ep.verdict) if ep.verdict else None,
                   verdict_message=ep.verdict_message)
+
+
+def wanted_replicas(ep: Endpoint) -> int:
+    """How many engines the endpoint wants now: the autoscaler's count within the bounds."""
+    wanted = ep.replicas_wanted if ep.replicas_wanted is not None else ep.min_replicas
+    return max(1, ep.min_replicas, min(ep.max_replicas, wanted))

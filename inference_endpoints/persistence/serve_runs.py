@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from inference_endpoints.core.autoscale import ScaleState
 from inference_endpoints.core.errors import invalid
 from inference_endpoints.core.lifecycle import (
     Derived,
@@ -35,7 +36,7 @@ from inference_endpoints.persistence.models import (
     ServeRun,
     utcnow,
 )
-from inference_endpoints.persistence.run_facts import aware, intent_of, run_facts
+from inference_endpoints.persistence.run_facts import aware, intent_of, run_facts, wanted_replicas
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
@@ -364,16 +365,35 @@ class ServeRuns:
 
         return added[0] if self._write(endpoint_id, change) else None
 
-    def scale(self, endpoint_id: str, min_replicas: int, max_replicas: int) -> bool:
-        """The wanted replica counts (validated by the caller); the reconciler acts on them."""
+    def scale(self, endpoint_id: str, min_replicas: int, max_replicas: int,
+              target: float | None = None, down_after_s: int | None = None) -> bool:
+        """The wanted replica bounds (validated by the caller); the autoscaler starts again
+        from `min_replicas` and the reconciler acts on it."""
         def change(s: Session, ep: Endpoint) -> bool:
             if ep.desired != Desired.SERVING or ep.verdict is not None:
                 return False
-            ep.min_replicas, ep.max_replicas = min_replicas, max_replicas
+            ep.min_replicas, ep.max_replicas, ep.replicas_wanted = min_replicas, max_replicas, min_replicas
+            ep.scale_target = target if target is not None else ep.scale_target
+            ep.scale_down_after_s = down_after_s if down_after_s is not None else ep.scale_down_after_s
+            ep.scale_over_since = ep.scale_under_since = None
+            ep.scale_changed_at = utcnow()
             s.add(ep)
             return True
         return self._write(endpoint_id, change, ("scaled", f"replicas: min {min_replicas}, "
                                                            f"max {max_replicas}"))
+
+    def autoscale(self, endpoint_id: str, expected_wanted: int, state: ScaleState,
+                  message: str | None) -> bool:
+        """The autoscaler's decision for this pass (guarded on the count it was based on)."""
+        def change(s: Session, ep: Endpoint) -> bool:
+            if (ep.desired != Desired.SERVING or ep.verdict is not None
+                    or wanted_replicas(ep) != expected_wanted):
+                return False
+            ep.replicas_wanted, ep.scale_over_since = state.wanted, state.over_since
+            ep.scale_under_since, ep.scale_changed_at = state.under_since, state.changed_at
+            s.add(ep)
+            return True
+        return self._write(endpoint_id, change, ("autoscaled", message) if message else None)
 
     def restarts(self, endpoint_id: str) -> Iterator[datetime]:
         with self.session() as s:
@@ -383,4 +403,4 @@ class ServeRuns:
                 yield aware(ts) or ts
 
 
-__all__ = ["REASON_HINTS", "ServeRuns", "aware", "intent_of", "run_facts"]
+__all__ = ["REASON_HINTS", "ServeRuns", "aware", "intent_of", "run_facts", "wanted_replicas"]

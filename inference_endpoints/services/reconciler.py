@@ -8,6 +8,7 @@ orchestrator (Prefect) and the backend probe are injected, as the collector's ar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from sqlmodel import col, select
 
+from inference_endpoints.core.autoscale import ScaleInput, ScaleState, decide_scale
 from inference_endpoints.core.lifecycle import Purpose, Role
 from inference_endpoints.core.reconcile import (
     Capacity,
@@ -31,7 +33,7 @@ from inference_endpoints.core.status import ReasonCode
 from inference_endpoints.persistence.checkpoint_lifecycle import transfer_leases
 from inference_endpoints.persistence.models import CheckpointLease, Endpoint, ServeRun, utcnow
 from inference_endpoints.persistence.registry import Registry
-from inference_endpoints.persistence.run_facts import intent_of, run_facts
+from inference_endpoints.persistence.run_facts import aware, intent_of, run_facts, wanted_replicas
 
 MAX_ROUNDS = 4  # decide → apply → decide again, so one call finishes what it can
 
@@ -65,6 +67,8 @@ class Orchestrator(Protocol):
 
 
 Probe = Callable[[Sequence[str]], Mapping[str, bool]]
+# Requests in flight per (organization name, endpoint name), from the gateway; None: unknown.
+LoadSource = Callable[[], Mapping[tuple[str, str], int] | None]
 
 
 @dataclass(frozen=True)
@@ -115,21 +119,58 @@ def snapshot(registry: Registry, endpoint: Endpoint, runs: list[ServeRun], state
     return Snapshot(endpoint.id, endpoint.name, intent_of(endpoint), endpoint.live_run,
                     endpoint.candidate_run, observed, timedelta(seconds=timeout),
                     _open_lease_runs(registry, endpoint.id), prefect_readable, capacity,
-                    max(endpoint.min_replicas, 1))
+                    wanted_replicas(endpoint))
 
 
 def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
               endpoint_ids: Collection[str] | None = None, settings: Settings = Settings(),
-              clock: Callable[[], datetime] = utcnow, log: Callable[[str], None] = print) -> list[Row]:
+              clock: Callable[[], datetime] = utcnow, log: Callable[[str], None] = print,
+              load: LoadSource | None = None) -> list[Row]:
     """One pass over the chosen endpoints (all that need attention by default)."""
     rows: list[Row] = []
+    in_flight = _read_load(load, log)
     for endpoint_id in endpoints_to_watch(registry, endpoint_ids):
+        rows += autoscale_endpoint(registry, endpoint_id, in_flight, clock())
         for _ in range(MAX_ROUNDS):
             done = _one_round(registry, control, probe, endpoint_id, settings, clock, log)
             rows += done
             if not any(r.step not in (Kind.WAIT.value, Kind.QUEUE.value) for r in done):
                 break
     return rows
+
+
+def _read_load(load: LoadSource | None, log: Callable[[str], None]) -> Mapping[tuple[str, str], int] | None:
+    if load is None:
+        return None
+    try:
+        return load()
+    except Exception as exc:  # no load figures this pass: nothing is scaled on a guess
+        log(f"cannot read the gateway's in-flight counts ({exc}); no autoscaling this pass")
+        return None
+
+
+def autoscale_endpoint(registry: Registry, endpoint_id: str, in_flight: Mapping[tuple[str, str], int] | None,
+               now: datetime) -> list[Row]:
+    """Record this pass's autoscaling decision; the replica steps then fill or retire slots."""
+    ep = registry.get_endpoint(endpoint_id)
+    if (ep is None or ep.max_replicas <= ep.min_replicas or ep.desired != "serving" or ep.verdict
+            or ep.status not in ("healthy", "unhealthy")):
+        return []
+    org = registry.get_org(ep.org_id)
+    count = None if in_flight is None or org is None else in_flight.get((org.name, ep.name), 0)
+    ready = len(json.loads(ep.backend_urls)) if ep.backend_urls else 0
+    wanted = wanted_replicas(ep)
+    state = ScaleState(wanted, aware(ep.scale_over_since), aware(ep.scale_under_since),
+                       aware(ep.scale_changed_at))
+    decision = decide_scale(state, ScaleInput(ep.min_replicas, ep.max_replicas, ep.scale_target,
+                                              timedelta(seconds=ep.scale_down_after_s), count, ready), now)
+    if decision.state == state:
+        return []
+    recorded = registry.runs.autoscale(ep.id, wanted, decision.state, decision.message)
+    if not decision.changed:
+        return []
+    done = "recorded" if recorded else "changed meanwhile"
+    return [Row(ep.name, "autoscale", decision.message or "", done)]
 
 
 def _one_round(registry: Registry, control: Orchestrator, probe: Probe, endpoint_id: str,
