@@ -9,13 +9,14 @@ import pytest
 
 from inference_endpoints.adapters.console.traffic import TrafficSource
 from inference_endpoints.core.cost import (
-    billing_end,
-    billing_start,
+    EngineSpan,
     cost_so_far,
     decide_idle,
+    endpoint_cost,
     hourly_burn,
     idle_stop_due,
     org_total,
+    spend,
 )
 from inference_endpoints.settings import Settings
 
@@ -37,15 +38,26 @@ def test_naive_sqlite_times_are_utc() -> None:
     assert cost_so_far(naive, None, 1.0, T0 + timedelta(hours=2)).hours == pytest.approx(2)
 
 
-def test_billing_window_uses_the_first_serving_moment_and_the_end() -> None:
-    later = T0 + timedelta(minutes=10)
-    # A restart overwrote loading_at; the first recorded `loading` event still wins.
-    assert billing_start(T0, later, later + timedelta(seconds=30)) == T0
-    assert billing_start(None, None, later) == later
-    assert billing_start(None, None, None) is None
-    assert billing_end("healthy", None, T0) is None
-    assert billing_end("stopped", later, T0) == later
-    assert billing_end("failed", None, later) == later
+def test_an_endpoint_costs_its_engines_spans_not_the_gaps_between() -> None:
+    hour = timedelta(hours=1)
+    # served an hour, stopped for two, started again half an hour ago (now)
+    spans = [EngineSpan(T0, T0 + hour, 2.0), EngineSpan(T0 + 3 * hour, None, 2.0)]
+    cost = endpoint_cost(spans, 2.0, T0 + 3.5 * hour)
+    assert cost.hours == pytest.approx(1.5) and cost.amount == pytest.approx(3.0)
+    assert cost.running and cost.started_at == T0 and cost.ended_at is None
+    # two replicas at once count twice; once both ended, the cost stops growing
+    both = [EngineSpan(T0, T0 + hour, 2.0), EngineSpan(T0, T0 + hour / 2, 2.0)]
+    done = endpoint_cost(both, 2.0, T0 + 10 * hour)
+    assert done.hours == pytest.approx(1.5) and not done.running and done.ended_at == T0 + hour
+    never = endpoint_cost([EngineSpan(None, None, 2.0)], 2.0, T0)
+    assert never.amount == 0 and never.started_at is None and not never.running
+
+
+def test_spend_prices_each_engine_at_its_own_instance() -> None:
+    hour = timedelta(hours=1)
+    spans = [EngineSpan(T0, T0 + hour, 1.0), EngineSpan(T0, T0 + 2 * hour, 4.0),
+             EngineSpan(T0.replace(tzinfo=None), None, 0.5), EngineSpan(None, None, 9.0)]
+    assert spend(spans, T0 + 2 * hour) == pytest.approx(1.0 + 8.0 + 1.0)
 
 
 def test_org_total_and_burn_rate() -> None:

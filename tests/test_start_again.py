@@ -9,16 +9,19 @@ named fake orchestrator of tests/test_console_api.py (unit tests have no Prefect
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from inference_endpoints.core.cost import EngineSpan
 from inference_endpoints.core.errors import RequestInvalid
 from inference_endpoints.core.lifecycle import Purpose, Role
 from inference_endpoints.core.status import EndpointStatus
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.checkpoint_lifecycle import delete_checkpoint
+from inference_endpoints.persistence.models import ServeRun
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import LocalCheckpointStore
 from inference_endpoints.services.import_roots import SourcePolicy
@@ -168,3 +171,43 @@ def test_the_detail_page_offers_start_for_a_stopped_endpoint(world: World) -> No
     assert fresh is not None and fresh.status == S.PENDING
     page = world.client.get("/endpoints/ep1")
     assert 'data-action="stop"' in page.text
+
+
+def test_spend_counts_engine_time_only_and_never_drops_when_an_endpoint_is_removed(world: World) -> None:  # noqa: F811
+    """The organization's spend is every engine it ran (a stopped gap costs nothing) and keeps a
+    removed endpoint's share; the list's total and an endpoint's own cost agree with the rows."""
+    from inference_endpoints.core.cost import spend
+    from inference_endpoints.persistence.models import utcnow
+
+    world.create("ep1")
+    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
+    ep = world.registry.find_endpoint(world.org.id, "ep1")
+    assert ep is not None
+    world.registry.release_leases(ep.id)
+    first = world.registry.runs.of(ep.id)[0]
+    assert first.engine_started_at is not None and first.ended_at is not None and first.instance == "cpu-dev"
+    # backdate the first engine's span to exactly two hours, then start it again
+    hours_ago = utcnow() - timedelta(hours=10)
+    with world.registry.session() as s:
+        row = s.get(ServeRun, first.id)
+        assert row is not None
+        row.engine_started_at, row.ended_at = hours_ago, hours_ago + timedelta(hours=2)
+        s.add(row)
+    r = world.client.post("/api/v1/endpoints/ep1/start", headers=world.auth)
+    assert r.status_code == 202
+    world.set_status("ep1", S.HEALTHY)
+    price = world.registry.instances()["cpu-dev"].price_per_hour
+    detail = world.client.get("/api/v1/endpoints/ep1", headers=world.auth).json()
+    assert 2.0 <= detail["cost"]["hours"] < 2.01  # the eight stopped hours cost nothing
+    assert detail["cost"]["so_far"] == pytest.approx(detail["cost"]["hours"] * price, abs=1e-6)
+    before = world.client.get("/api/v1/endpoints", headers=world.auth).json()["cost_total"]
+    assert before >= round(2.0 * price, 6) - 1e-6
+    world.set_status("ep1", S.STOPPING, S.STOPPED)
+    world.registry.release_leases(ep.id)
+    assert world.client.delete("/api/v1/endpoints/ep1", headers=world.auth).json()["outcome"] == "removed"
+    after = world.client.get("/api/v1/endpoints", headers=world.auth).json()["cost_total"]
+    assert after >= before and after > 0  # spend history never disappears
+    runs = world.registry.runs.of(ep.id)  # the serve runs outlive the endpoint
+    assert len(runs) == 2
+    assert after == pytest.approx(spend([EngineSpan(r.engine_started_at, r.ended_at, price) for r in runs],
+                                        utcnow()), abs=1e-5)

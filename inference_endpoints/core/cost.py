@@ -1,10 +1,11 @@
 """What an endpoint has cost, and whether it sits idle. Pure: callers pass the facts and `now`.
 
-An endpoint holds its instance from the moment its serve run starts the engine
-(the first `loading`, or `healthy` if that was skipped) until the endpoint ends
-(`stopped` or `failed`), whether or not it answers requests. Cost is that span
-at the instance's hourly price. Restarts in between do not pause the clock: the
-instance stays reserved.
+Each engine holds an instance from the moment its serve run started it until that run
+ended, whether or not it answers requests; an endpoint costs the sum of its engines'
+spans at the instance's hourly price. So replicas count each, a rolling replacement's
+overlap counts both engines, and a stopped endpoint costs nothing until it is started
+again. An organization's spend sums every serve run it ever had, including those of
+removed endpoints (serve runs outlive their endpoint): it never goes down.
 
 Idleness is about traffic, not health: a serving endpoint (healthy or unhealthy)
 is idle when no request reached it through the gateway for longer than a threshold.
@@ -26,6 +27,10 @@ def aware(ts: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if ts is None:
         return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
@@ -56,18 +61,35 @@ def cost_so_far(started_at: datetime | None, ended_at: datetime | None, price_pe
     return CostSoFar(start, end, hours, price_per_hour)
 
 
-def billing_start(first_serving_event: datetime | None, loading_at: datetime | None,
-                  healthy_at: datetime | None) -> datetime | None:
-    """The serve run's start: the first recorded `loading`/`healthy`, else the columns."""
-    candidates = [t for t in (aware(first_serving_event), aware(loading_at), aware(healthy_at)) if t]
-    return min(candidates) if candidates else None
+@dataclass(frozen=True)
+class EngineSpan:
+    """One engine's life: it holds an instance from its start until it ended (or now)."""
+
+    started_at: datetime | None  # None: the engine never started, nothing accrued
+    ended_at: datetime | None  # None: still running
+    price_per_hour: float
+
+    def hours(self, now: datetime) -> float:
+        start, end = aware(self.started_at), aware(self.ended_at)
+        if start is None:
+            return 0.0
+        return max(0.0, ((end or now) - start).total_seconds() / 3600)
 
 
-def billing_end(status: str, ended_at: datetime | None, updated_at: datetime | None) -> datetime | None:
-    """When the instance was given back: `ended_at` once stopped or failed, else still running."""
-    if status not in ENDED_STATUSES:
-        return None
-    return aware(ended_at) or aware(updated_at)
+def endpoint_cost(spans: Iterable[EngineSpan], price_per_hour: float, now: datetime) -> CostSoFar:
+    """An endpoint's engines' time added up: from its first engine's start, running while any runs."""
+    started = [s for s in spans if s.started_at is not None]
+    if not started:
+        return CostSoFar(None, None, 0.0, price_per_hour)
+    first = min(_utc(s.started_at) for s in started if s.started_at is not None)
+    running = any(s.ended_at is None for s in started)
+    last = None if running else max(_utc(s.ended_at) for s in started if s.ended_at is not None)
+    return CostSoFar(first, last, sum(s.hours(now) for s in started), price_per_hour)
+
+
+def spend(spans: Iterable[EngineSpan], now: datetime) -> float:
+    """Every engine's time at its own instance's price (an organization's spend so far)."""
+    return round(sum(s.hours(now) * s.price_per_hour for s in spans), 6)
 
 
 def org_total(costs: Iterable[CostSoFar]) -> float:

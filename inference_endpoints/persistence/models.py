@@ -171,6 +171,7 @@ class ServeRun(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("endpoint_id", "generation", name="uq_serve_run_generation"),)
     id: str = Field(default_factory=lambda: new_id("sr"), primary_key=True)
     endpoint_id: str = Field(index=True)  # not a foreign key: history outlives the endpoint
+    instance: str | None = None  # what this engine ran on (its cost outlives the endpoint too)
     org_id: str = Field(index=True)
     generation: int
     role: str  # live, candidate (becomes live when promoted) or replica

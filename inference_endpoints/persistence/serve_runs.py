@@ -192,7 +192,7 @@ class ServeRuns:
                                       endpoint_name=ep.name))
             top = s.exec(select(func.max(ServeRun.generation))
                          .where(ServeRun.endpoint_id == endpoint_id)).one()
-            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id,
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
                            generation=0 if top is None else int(top) + 1, role=Role.LIVE.value,
                            purpose=Purpose.START.value, checkpoint_id=ep.checkpoint_id,
                            serving_config_json=ep.serving_config_json)
@@ -242,7 +242,7 @@ class ServeRuns:
                 return False
             top = s.exec(select(func.max(ServeRun.generation))
                          .where(ServeRun.endpoint_id == endpoint_id)).one()
-            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id,
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
                            generation=0 if top is None else int(top) + 1, role=role.value,
                            purpose=purpose.value, checkpoint_id=checkpoint_id or ep.checkpoint_id,
                            serving_config_json=config_json or ep.serving_config_json,
@@ -355,7 +355,7 @@ class ServeRuns:
                    and r.stop_requested_at is None for r in runs):
                 return False
             earlier = any(r.role == Role.REPLICA.value and r.replica == slot for r in runs)
-            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id,
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
                            generation=max(r.generation for r in runs) + 1, role=Role.REPLICA.value,
                            replica=slot, purpose=(Purpose.RESTART if earlier else Purpose.START).value,
                            checkpoint_id=live.checkpoint_id, serving_config_json=live.serving_config_json)

@@ -84,7 +84,7 @@ def list_endpoints(
 ) -> dict[str, Any]:
     """Your endpoints, newest first, with status, URL, request count, cost so far and idle flag."""
     views, total = svc.list_endpoints(org, status, limit=limit, offset=offset)
-    cost_total = sum(v.cost.amount for v in svc.all_views(org)) if total else 0.0
+    cost_total = svc.org_spend(org)
     return {"items": [v.to_dict() for v in views], "total": total, "limit": limit, "offset": offset,
             "cost_total": round(cost_total, 6)}
 

@@ -33,7 +33,7 @@ from inference_endpoints.adapters.console.web import (
     sign_in,
     sign_out,
 )
-from inference_endpoints.core.cost import hourly_burn, org_total
+from inference_endpoints.core.cost import hourly_burn
 from inference_endpoints.core.errors import Problem, RequestInvalid
 from inference_endpoints.core.status import Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
@@ -105,7 +105,7 @@ def _list_context(svc: ConsoleService, org: Organization, show: str, page: int) 
     return {"endpoints": views, "total": total, "show": show, "page": page,
             "pages": max(1, -(-total // PAGE_SIZE)),
             "changing": any(v.changing for v in views),
-            "cost_total": org_total(v.cost for v in everything),
+            "cost_total": svc.org_spend(org),
             "burn": hourly_burn(v.cost for v in everything),
             "gateway_down": bool(views) and all(v.traffic is None for v in views),
             "idle_minutes": svc.deps.console.idle_threshold_minutes}

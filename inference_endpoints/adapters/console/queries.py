@@ -6,15 +6,20 @@ Short sessions, no network calls inside them (the registry's rules).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from inference_endpoints.persistence.models import ActivityEvent, ApiKey, Checkpoint, Endpoint, Organization
+from inference_endpoints.core.cost import EngineSpan
+from inference_endpoints.persistence.models import (
+    ActivityEvent,
+    ApiKey,
+    Checkpoint,
+    Endpoint,
+    Organization,
+    ServeRun,
+)
 from inference_endpoints.persistence.registry import Registry, hash_key
-
-SERVING = ("loading", "healthy")
 
 
 def org_for_session(registry: Registry, key_hash: str) -> Organization | None:
@@ -52,18 +57,21 @@ def checkpoints_by_id(registry: Registry, org_id: str, ids: Iterable[str]) -> di
         return {row.id: row for row in s.exec(q)}
 
 
-def first_serving_times(registry: Registry, org_id: str, endpoint_ids: Iterable[str]
-                        ) -> dict[str, datetime]:
-    """When each endpoint's engine first started (first `loading` or `healthy` event)."""
-    wanted = sorted(set(endpoint_ids))
-    if not wanted:
-        return {}
+def engine_spans(registry: Registry, org_id: str, endpoint_ids: Iterable[str] | None = None
+                 ) -> dict[str, list[EngineSpan]]:
+    """Each endpoint's engines (serve runs that started one), with their instance's price;
+    `endpoint_ids` None: every serve run the organization ever had, removed endpoints' too."""
+    prices = {name: spec.price_per_hour for name, spec in registry.instances().items()}
     with registry.session() as s:
-        q = (select(ActivityEvent.endpoint_id, func.min(ActivityEvent.at))
-             .where(ActivityEvent.org_id == org_id, col(ActivityEvent.endpoint_id).in_(wanted),
-                    col(ActivityEvent.to_status).in_(SERVING))
-             .group_by(col(ActivityEvent.endpoint_id)))
-        return {endpoint_id: at for endpoint_id, at in s.exec(q) if at is not None}
+        q = select(ServeRun.endpoint_id, ServeRun.engine_started_at, ServeRun.ended_at, ServeRun.instance
+                   ).where(ServeRun.org_id == org_id, col(ServeRun.engine_started_at).is_not(None))
+        if endpoint_ids is not None:
+            q = q.where(col(ServeRun.endpoint_id).in_(sorted(set(endpoint_ids))))
+        spans: dict[str, list[EngineSpan]] = {}
+        for endpoint_id, started, ended, instance in s.exec(q):
+            spans.setdefault(endpoint_id, []).append(
+                EngineSpan(started, ended, prices.get(instance or "", 0.0)))
+        return spans
 
 
 def org_activity(registry: Registry, org_id: str, *, endpoint_id: str | None = None,

@@ -139,7 +139,8 @@ class EndpointPageOut(BaseModel):
     total: int
     limit: int
     offset: int
-    cost_total: float = Field(description="Cost so far of the endpoints in the organization (USD)")
+    cost_total: float = Field(description="The organization's spend so far (USD): every engine it ran, "
+                              "removed endpoints' included, so it never decreases")
 
 
 class StopOut(BaseModel):

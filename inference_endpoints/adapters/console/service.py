@@ -127,15 +127,22 @@ class ConsoleService:
     def views(self, org: Organization, endpoints: list[Endpoint]) -> list[EndpointView]:
         ids = [ep.id for ep in endpoints]
         ckpts = queries.checkpoints_by_id(self.registry, org.id, [ep.checkpoint_id for ep in endpoints])
-        first = queries.first_serving_times(self.registry, org.id, ids)
+        spans = queries.engine_spans(self.registry, org.id, ids)
         instances = self.registry.instances()
         traffic = self.deps.traffic.snapshot() if endpoints else {}
         now = self.deps.clock()
         return [build_view(ep, org_name=org.name, checkpoint=ckpts.get(ep.checkpoint_id),
-                           instance=instances.get(ep.instance), first_serving=first.get(ep.id),
+                           instance=instances.get(ep.instance), spans=spans.get(ep.id, []),
                            traffic=traffic, now=now, idle_threshold=self.idle_threshold,
                            settings=self.deps.settings)
                 for ep in endpoints]
+
+    def org_spend(self, org: Organization) -> float:
+        """Every engine the organization ever ran, removed endpoints' included: never decreases."""
+        from inference_endpoints.core.cost import spend
+
+        every = [span for spans in queries.engine_spans(self.registry, org.id).values() for span in spans]
+        return spend(every, self.deps.clock())
 
     def list_endpoints(self, org: Organization, statuses: list[str] | None = None, *,
                        limit: int = 50, offset: int = 0) -> tuple[list[EndpointView], int]:

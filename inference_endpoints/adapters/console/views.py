@@ -14,12 +14,11 @@ from inference_endpoints.adapters.console.traffic import Traffic
 from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.core.cost import (
     CostSoFar,
+    EngineSpan,
     IdleVerdict,
     aware,
-    billing_end,
-    billing_start,
-    cost_so_far,
     decide_idle,
+    endpoint_cost,
 )
 from inference_endpoints.persistence.models import Checkpoint, Endpoint
 from inference_endpoints.settings import Settings
@@ -137,13 +136,12 @@ class EndpointView:
 
 
 def build_view(ep: Endpoint, *, org_name: str, checkpoint: Checkpoint | None,
-               instance: InstanceSpec | None, first_serving: datetime | None,
+               instance: InstanceSpec | None, spans: list[EngineSpan],
                traffic: dict[tuple[str, str], Traffic] | None, now: datetime,
                idle_threshold: timedelta, settings: Settings) -> EndpointView:
     urls = endpoint_urls(ep.name, org_name, settings)
     price = instance.price_per_hour if instance is not None else 0.0
-    cost = cost_so_far(billing_start(first_serving, ep.loading_at, ep.healthy_at),
-                       billing_end(ep.status, ep.ended_at, ep.updated_at), price, now)
+    cost = endpoint_cost(spans, price, now)
     seen = None if traffic is None else traffic.get((org_name, ep.name), Traffic(0, 0, 0, None))
     idle = decide_idle(status=ep.status, healthy_at=ep.healthy_at,
                        last_request_at=seen.last_request_at if seen else None,

@@ -1,4 +1,5 @@
-"""autoscaling: target load per replica, scale-down cooldown, and the autoscaler's memory
+"""autoscaling: target load per replica, scale-down cooldown, the autoscaler's memory; the
+instance each serve run ran on (cost from engine spans, kept after the endpoint is removed)
 
 Revision ID: 0007
 Revises: 0006
@@ -20,9 +21,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("scale_over_since", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("scale_under_since", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("scale_changed_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("serve_runs") as batch:
+        batch.add_column(sa.Column("instance", sa.String(), nullable=True))
+    op.execute("UPDATE serve_runs SET instance = (SELECT endpoints.instance FROM endpoints "
+               "WHERE endpoints.id = serve_runs.endpoint_id)")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("serve_runs") as batch:
+        batch.drop_column("instance")
     with op.batch_alter_table("endpoints") as batch:
         for name in ("scale_changed_at", "scale_under_since", "scale_over_since", "replicas_wanted",
                      "scale_down_after_s", "scale_target"):
