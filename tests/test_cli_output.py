@@ -95,7 +95,8 @@ def test_list_json_fields(stack: IsolatedStack) -> None:
     assert row["model"] == ep.served_model_name
     assert row["checkpoint"] == {"id": ep.checkpoint_id, "name": "demo-tiny-llama"}
     assert row["instance"] == "cpu-dev"
-    assert row["replicas"] == {"min": 1, "max": 1, "wanted": 1, "scale_target": 4.0, "scale_down_after_s": 300}
+    assert row["replicas"] == {"min": 1, "max": 1, "wanted": 1, "ready": 1, "autoscaled": False,
+                               "scale_target": 4.0, "scale_down_after_s": 300}
     assert (row["url"], row["path_url"]) == (host_url, path_url)
     assert row["in_flight"] is None and row["requests"] is None  # no gateway: unknown, not 0
     assert utc(row["created_at"]).replace(tzinfo=None) == ep.created_at.replace(tzinfo=None)

@@ -125,9 +125,11 @@ def path_calls(app: FastAPI) -> tuple[list[Call], list[str]]:
 def _body_for(method: str, path: str) -> Callable[[str], dict[str, Any]]:
     """What a well-formed call sends besides the reference (a page form always has its token)."""
     if path.startswith("/api/"):
-        body = {"json": {"idle_stop_minutes": 30}} if method == "PATCH" else {}
+        body = ({"json": {"idle_stop_minutes": 30}} if method == "PATCH"
+                else {"json": {"min_replicas": 2, "max_replicas": 2}} if path.endswith("/scale") else {})
         return lambda ref: dict(body)
-    form = {"idle_stop_minutes": "30"} if path.endswith("/idle-stop") else {}
+    form = ({"idle_stop_minutes": "30"} if path.endswith("/idle-stop")
+            else {"min_replicas": "2"} if path.endswith("/scale") else {})
     return lambda ref: {"data": dict(form)} if method == "POST" else {}
 
 

@@ -211,3 +211,41 @@ def test_spend_counts_engine_time_only_and_never_drops_when_an_endpoint_is_remov
     assert len(runs) == 2
     assert after == pytest.approx(spend([EngineSpan(r.engine_started_at, r.ended_at, price) for r in runs],
                                         utcnow()), abs=1e-5)
+
+
+def test_the_api_and_the_detail_page_scale_and_show_replicas(world: World) -> None:  # noqa: F811
+    from tests.test_console_api import csrf_of, sign_in
+
+    world.create("ep1")
+    world.set_status("ep1", S.HEALTHY)
+    detail = world.client.get("/api/v1/endpoints/ep1", headers=world.auth).json()
+    assert detail["replicas"] == {"min": 1, "max": 1, "wanted": 1, "ready": 1, "autoscaled": False,
+                                  "scale_target": 4.0, "scale_down_after_s": 300}
+    assert [(r["replica"], r["phase"]) for r in detail["replica_runs"]] == [(0, "ready")]
+    bad = world.client.post("/api/v1/endpoints/ep1/scale", headers=world.auth,
+                            json={"min_replicas": 3, "max_replicas": 2, "scale_target": 0})
+    assert bad.status_code == 422
+    assert {p["field"] for p in bad.json()["problems"]} == {"max_replicas", "scale_target"}
+    ep = world.registry.find_endpoint(world.org.id, "ep1")
+    assert ep is not None and (ep.min_replicas, ep.max_replicas) == (1, 1)  # nothing written
+    ok = world.client.post("/api/v1/endpoints/ep1/scale", headers=world.auth,
+                           json={"min_replicas": 1, "max_replicas": 3, "scale_target": 2})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["replicas"] | {} == {"min": 1, "max": 3, "wanted": 1, "ready": 1, "autoscaled": True,
+                                          "scale_target": 2.0, "scale_down_after_s": 300}
+    assert world.orchestrator.calls[-1] == ("reconcile",)
+    assert "scaled" in [a.kind for a in world.registry.activity(ep.id)]
+    sign_in(world)
+    page = world.client.get("/endpoints/ep1")
+    text = " ".join(page.text.split())
+    assert 'id="replicas"' in text and "autoscaled 1 to 3 at 2 requests in flight per replica" in text
+    assert 'data-replica="0"' in page.text
+    r = world.client.post("/endpoints/ep1/scale", data={"csrf_token": csrf_of(page.text), "min_replicas": "2",
+                                                        "max_replicas": "2", "scale_target": ""},
+                          follow_redirects=False)
+    assert r.status_code in (302, 303)
+    ep = world.registry.find_endpoint(world.org.id, "ep1")
+    assert ep is not None and (ep.min_replicas, ep.max_replicas, ep.scale_target) == (2, 2, 2.0)
+    r = world.client.post("/endpoints/ep1/scale", data={"csrf_token": csrf_of(page.text), "min_replicas": "x"},
+                          follow_redirects=True)
+    assert "min_replicas must be a whole number" in r.text

@@ -7,14 +7,14 @@ fields freely, never rename or drop one.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from inference_endpoints.cli.common import Context
 from inference_endpoints.cli.output import iso
 from inference_endpoints.core.catalog import InstanceSpec
-from inference_endpoints.core.lifecycle import Role
-from inference_endpoints.persistence.models import Checkpoint, Endpoint, ServeRun
-from inference_endpoints.persistence.run_facts import wanted_replicas
+from inference_endpoints.persistence.models import Checkpoint, Endpoint
+from inference_endpoints.services.replicas import replica_settings
 from inference_endpoints.urls import endpoint_urls
 
 
@@ -36,8 +36,7 @@ def endpoint_summary(ctx: Context, ep: Endpoint, traffic: dict[Any, Any] | None)
         "checkpoint": {"id": ep.checkpoint_id, "name": ckpt.name if ckpt else None},
         "base_model": ckpt.base_model if ckpt else None,
         "instance": ep.instance,
-        "replicas": {"min": ep.min_replicas, "max": ep.max_replicas, "wanted": wanted_replicas(ep),
-                     "scale_target": ep.scale_target, "scale_down_after_s": ep.scale_down_after_s},
+        "replicas": replica_settings(ep),
         # None: the gateway did not answer, so the counts are unknown (not zero)
         "in_flight": (stats.in_flight if stats else 0) if counted else None,
         "requests": (stats.requests if stats else 0) if counted else None,
@@ -46,26 +45,12 @@ def endpoint_summary(ctx: Context, ep: Endpoint, traffic: dict[Any, Any] | None)
     }
 
 
-def replica_phase(run: ServeRun) -> str:
-    return ("draining" if run.stop_requested_at else "ready" if run.ready_at
-            else "loading" if run.engine_started_at else "queued" if run.queued_message
-            else "waiting for a worker" if run.flow_run_id else "recorded")
-
-
 def replica_rows(ctx: Context, ep: Endpoint) -> list[dict[str, Any]]:
-    """Each running replica (the live run is slot 0): phase, address, serve run and timings."""
-    rows = []
-    for run in ctx.registry.runs.of(ep.id):
-        if run.ended_at is not None or run.role == Role.CANDIDATE.value:
-            continue
-        rows.append({
-            "replica": 0 if run.role == Role.LIVE.value else run.replica,
-            "phase": replica_phase(run), "address": run.backend_url, "serve_run": run.id,
-            "flow_run_id": run.flow_run_id, "queued_message": run.queued_message,
-            "created_at": iso(run.created_at), "engine_started_at": iso(run.engine_started_at),
-            "ready_at": iso(run.ready_at),
-        })
-    return sorted(rows, key=lambda r: r["replica"])
+    """Each running replica (the live run is slot 0), times as ISO 8601."""
+    from inference_endpoints.services.replicas import replica_rows as rows
+
+    return [{k: iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
+            for row in rows(ctx.registry, ep)]
 
 
 def endpoint_detail(ctx: Context, ep: Endpoint) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from inference_endpoints.core.errors import Problem, StorageFull, is_disk_full
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.checkpoint_lifecycle import LeaseHolder
 from inference_endpoints.persistence.models import ActivityEvent, ApiKey, Checkpoint, Organization
+from inference_endpoints.services.replicas import replica_rows
 from inference_endpoints.services.uploads import ARCHIVE_NAME
 
 bearer = HTTPBearer(auto_error=False, description="An organization API key (`ie_…`)")
@@ -116,7 +117,7 @@ def get_endpoint(name: str, org: Org, svc: Svc) -> dict[str, Any]:
     ep = svc.endpoint(org, name)
     view = svc.views(org, [ep])[0]
     return {**view.to_dict(), "serving_config": svc.serving_config(ep),
-            "effective": svc.effective_values(ep)}
+            "effective": svc.effective_values(ep), "replica_runs": replica_rows(svc.registry, ep)}
 
 
 @router.patch("/endpoints/{name}", response_model=schemas.EndpointOut, tags=["endpoints"],
@@ -133,6 +134,15 @@ def stop_endpoint(name: str, org: Org, svc: Svc) -> dict[str, Any]:
     result = svc.stop(org, name)
     return {"outcome": result.outcome, "run_id": result.run_id,
             "endpoint": result.view.to_dict() if result.view else None}
+
+
+@router.post("/endpoints/{name}/scale", response_model=schemas.EndpointOut, tags=["endpoints"],
+             responses={422: {"model": schemas.ProblemsOut}})
+def scale_endpoint(name: str, body: schemas.ScaleIn, org: Org, svc: Svc) -> dict[str, Any]:
+    """Set the replica bounds (and the autoscaler's target and cooldown); the reconciler adds or
+    drains replicas at once, the stable URL answering throughout."""
+    return svc.scale(org, name, body.min_replicas, body.max_replicas, body.scale_target,
+                     body.scale_down_after_s).to_dict()
 
 
 @router.post("/endpoints/{name}/start", status_code=202, response_model=schemas.StopOut, tags=["endpoints"],

@@ -38,6 +38,7 @@ from inference_endpoints.core.errors import Problem, RequestInvalid
 from inference_endpoints.core.status import Precision, Quantization
 from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Organization
+from inference_endpoints.services.replicas import replica_rows
 
 Svc = Annotated[ConsoleService, Depends(page_service)]
 Org = Annotated[Organization, Depends(page_org)]
@@ -272,7 +273,38 @@ def endpoint_page(request: Request, name: str, org: Org, svc: Svc, tab: str = "o
                   effective=svc.effective_values(row) if view.status in ("healthy", "unhealthy") else None,
                   examples=examples(view.path_url, view.model),
                   host_examples=examples(view.url, view.model),
-                  base_domain=svc.deps.settings.base_domain, **ctx)
+                  base_domain=svc.deps.settings.base_domain,
+                  replica_runs=replica_rows(svc.registry, row), **ctx)
+
+
+@router.post("/endpoints/{name}/scale", dependencies=[Csrf])
+def scale(request: Request, name: str, org: Org, svc: Svc,
+          min_replicas: Annotated[str, Form()] = "", max_replicas: Annotated[str, Form()] = "",
+          scale_target: Annotated[str, Form()] = "") -> Response:
+    try:
+        low, high = _whole(min_replicas), _whole(max_replicas) if max_replicas.strip() else None
+        target = _number(scale_target) if scale_target.strip() else None
+        view = svc.scale(org, name, low, high, target)
+        flash(request, "ok", f"{name}: {view.replicas['wanted']} replica(s) wanted "
+                             f"({view.replicas['min']} to {view.replicas['max']}).")
+    except (NotFound, RequestInvalid) as exc:
+        flash(request, "error", _message(exc))
+    return redirect(f"/endpoints/{name}")
+
+
+def _whole(text: str) -> int | str:
+    """A form's whole number, or the text itself for the validator to name."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
 
 
 @router.get("/endpoints/{name}/_status")

@@ -107,6 +107,39 @@ class IdleOut(BaseModel):
     auto_stop_minutes: int | None
 
 
+class ReplicasOut(BaseModel):
+    min: int
+    max: int
+    wanted: int = Field(description="Engines wanted now (the autoscaler's count within min and max)")
+    ready: int = Field(description="Engines serving now")
+    autoscaled: bool
+    scale_target: float = Field(description="Requests in flight per replica the autoscaler aims at")
+    scale_down_after_s: int
+
+
+class ReplicaRunOut(BaseModel):
+    replica: int
+    phase: str
+    address: str | None
+    serve_run: str
+    flow_run_id: str | None
+    queued_message: str | None
+    created_at: datetime
+    engine_started_at: datetime | None
+    ready_at: datetime | None
+
+
+class ScaleIn(BaseModel):
+    min_replicas: Any = Field(description="Engines kept serving (1 to 8)",
+                              json_schema_extra={"type": "integer"})
+    max_replicas: Any = Field(default=None, description="Autoscale up to this many (default: min_replicas)",
+                              json_schema_extra={"type": "integer"})
+    scale_target: Any = Field(default=None, description="Requests in flight per replica (default 4)",
+                              json_schema_extra={"type": "number"})
+    scale_down_after_s: Any = Field(default=None, description="Cooldown before scaling down (default 300)",
+                                    json_schema_extra={"type": "integer"})
+
+
 class EndpointOut(BaseModel):
     id: str
     name: str
@@ -127,10 +160,12 @@ class EndpointOut(BaseModel):
     idle: IdleOut
     serve_run_id: str | None
     create_run_id: str | None
+    replicas: ReplicasOut
 
 
 class EndpointDetailOut(EndpointOut):
     serving_config: dict[str, Any]
+    replica_runs: list[ReplicaRunOut] = Field(description="Each running replica (the live run is 0)")
     effective: dict[str, Any] = Field(description="What the running engine reports (GET /v1/models)")
 
 

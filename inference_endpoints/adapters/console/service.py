@@ -8,6 +8,7 @@ waited on here.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -278,6 +279,24 @@ class ConsoleService:
             return StopResult(self.view(org, ep.id), None, f"already {ep.status}")
         run_id = self._submit_stop(org, ep, remove=False)
         return StopResult(self.view(org, ep.id), run_id, "stopping")
+
+    def scale(self, org: Organization, ref: str, min_replicas: Any, max_replicas: Any,
+              target: Any = None, down_after_s: Any = None) -> EndpointView:
+        """Record new replica bounds (each bad field named, nothing written) and kick the reconciler."""
+        from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
+
+        ep = self.endpoint(org, ref)
+        high = max_replicas if max_replicas is not None else min_replicas
+        problems = replica_problems(min_replicas, high) + scaling_problems(target, down_after_s)
+        if problems:
+            raise RequestInvalid(problems)
+        if not self.registry.runs.scale(ep.id, min_replicas, high, target, down_after_s):
+            raise RequestInvalid.single("endpoint_not_serving", "name",
+                                        f"{ep.name} is {ep.status}: only a serving endpoint can be scaled.",
+                                        "Start it first (`POST .../start`).")
+        with contextlib.suppress(SubmitError):  # Prefect away: the scheduled pass applies it
+            self.deps.orchestrator.submit_reconcile()
+        return self.view(org, ep.id)
 
     def start(self, org: Organization, ref: str) -> StopResult:
         """A stopped endpoint serves again (same URL and configuration): the intent is recorded

@@ -21,6 +21,7 @@ from inference_endpoints.core.cost import (
     endpoint_cost,
 )
 from inference_endpoints.persistence.models import Checkpoint, Endpoint
+from inference_endpoints.services.replicas import replica_settings
 from inference_endpoints.settings import Settings
 from inference_endpoints.urls import endpoint_urls
 
@@ -71,6 +72,7 @@ class EndpointView:
     idle_stop_minutes: int | None
     serve_run_id: str | None
     create_run_id: str | None
+    replicas: dict[str, Any]  # bounds, the autoscaler's count, how many serve (services.replicas)
 
     @property
     def changing(self) -> bool:
@@ -132,6 +134,7 @@ class EndpointView:
                                       if self.idle.idle_for is not None else None),
                      "auto_stop_minutes": self.idle_stop_minutes},
             "serve_run_id": self.serve_run_id, "create_run_id": self.create_run_id,
+            "replicas": self.replicas,
         }
 
 
@@ -167,4 +170,5 @@ def build_view(ep: Endpoint, *, org_name: str, checkpoint: Checkpoint | None,
         created_at=created, healthy_at=aware(ep.healthy_at), age=max(timedelta(0), now - created),
         cost=cost, idle=idle, idle_stop_minutes=ep.idle_stop_minutes,
         serve_run_id=ep.serve_run_id, create_run_id=ep.create_run_id,
+        replicas=replica_settings(ep),
     )
