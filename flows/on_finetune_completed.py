@@ -11,7 +11,6 @@ run stops — callers of the stable URL see no errors.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -19,17 +18,15 @@ from pydantic import Field
 
 from flows.create_endpoint import create_endpoint
 from inference_endpoints.core.errors import RequestInvalid
-from inference_endpoints.core.lifecycle import Purpose, Role
-from inference_endpoints.core.serving_config import render
-from inference_endpoints.core.status import EndpointStatus, Precision
-from inference_endpoints.core.validation import CreateRequest, validate_create
+from inference_endpoints.core.status import Precision
+from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Checkpoint, Endpoint
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import LocalCheckpointStore
 from inference_endpoints.services.import_roots import SourcePolicy
 from inference_endpoints.services.operations import register_checkpoint
-from tasks.context import load_context, load_engine_host
-from tasks.orchestration import reconcile_now
+from tasks.context import load_context
+from tasks.replacements import follow_replacement, record_replacement
 
 
 def _blank(value: str | None) -> str | None:
@@ -69,40 +66,13 @@ def rolling_replace(registry: Registry, endpoint: Endpoint, checkpoint: Checkpoi
     logger = get_run_logger()
     if endpoint.checkpoint_id == checkpoint.id:
         return "already serving this checkpoint"
-    if endpoint.status != EndpointStatus.HEALTHY or endpoint.live_run is None:
-        raise RequestInvalid.single("endpoint_not_healthy", "endpoint",
-                                    f"Endpoint {endpoint.name} is {endpoint.status}; only a healthy "
-                                    "endpoint can be moved to a new checkpoint.",
-                                    "Wait until it is healthy, or create a new endpoint.")
-    instance = registry.instances()[endpoint.instance]
-    host = load_engine_host(instance.work_pool)
-    view = registry.checkpoint_view(endpoint.org_id, checkpoint.id)
-    validated = validate_create(
-        CreateRequest(endpoint.name, checkpoint.id, endpoint.instance, endpoint.max_context,
-                      endpoint.precision, endpoint.quantization),
-        checkpoint=view, name_taken=False, instances=registry.instances())
-    old_live = endpoint.live_run
-    generation = max((r.generation for r in registry.runs.of(endpoint.id)), default=0) + 1
-    root = host.model_root(instance.runtime, endpoint.id, generation)
-    spec = render(validated, model_root=root, api_key=endpoint.backend_api_key or "")
-    candidate = registry.runs.add_run(endpoint.id, Role.CANDIDATE, Purpose.REPLACE,
-                                      expected_live=old_live, checkpoint_id=checkpoint.id,
-                                      config_json=spec.to_json(), requested_by=_own_flow_run())
-    if candidate is None:
-        raise RuntimeError(f"{endpoint.name} changed (or is already being replaced); not replaced")
-    registry.record_activity(endpoint.id, "replacing",
-                             f"bringing up checkpoint {checkpoint.name} as serve run {candidate.id}")
-    deadline = time.monotonic() + instance.startup_timeout_s + 60
-    while time.monotonic() < deadline:
-        reconcile_now(registry, [endpoint.id], log=logger.info)
-        current = registry.get_endpoint(endpoint.id)
-        old = registry.runs.get(old_live)
-        if current is None or (current.live_run != candidate.id and current.candidate_run != candidate.id):
-            raise RuntimeError(f"the replacement for {endpoint.name} did not become ready; "
-                               "the endpoint keeps serving its current checkpoint")
-        if current.live_run == candidate.id and old is not None and old.ended_at is not None:
-            return f"replaced: now serving {checkpoint.name}"
-        time.sleep(0.5)
+    request = CreateRequest(endpoint.name, checkpoint.id, endpoint.instance, endpoint.max_context,
+                            endpoint.precision, endpoint.quantization)
+    candidate = record_replacement(registry, endpoint, request, _own_flow_run(),
+                                   f"checkpoint {checkpoint.name}")
+    timeout = registry.instances()[endpoint.instance].startup_timeout_s + 60
+    if follow_replacement(registry, endpoint, candidate, timeout, log=logger.info):
+        return f"replaced: now serving {checkpoint.name}"
     return f"replacement of {endpoint.name} is still in progress; the reconciler finishes it"
 
 

@@ -154,3 +154,19 @@ def test_status_json_when_the_stack_is_down(stack: IsolatedStack) -> None:
     assert any(name.startswith("worker (") for name in core)
     assert not any(core.values())
     assert doc["registry"] == stack.settings.db_url
+
+
+def test_update_names_each_problem_before_anything_is_asked_and_writes_nothing(stack: IsolatedStack) -> None:
+    before = stack.registry().counts()
+    runs_before = len(stack.registry().runs.running())
+    nothing = stack.cli("update", LONG)
+    assert nothing.returncode == 2 and "nothing_to_update" in nothing.stderr
+    bad = stack.cli("update", LONG, "--max-context", "0")
+    assert bad.returncode == 2 and "max_context (invalid_max_context)" in bad.stderr
+    down = stack.cli("update", LONG, "--max-context", "512")  # valid, but no stack is running
+    assert down.returncode == 1 and "endpoints up" in down.stderr and "Nothing was changed" in down.stderr
+    for result in (nothing, bad, down):
+        assert "Traceback" not in result.stdout + result.stderr
+    assert stack.registry().counts() == before and len(stack.registry().runs.running()) == runs_before
+    ep = stack.registry().find_endpoint(stack.registry().get_org_by_name("default").id, LONG)  # type: ignore[union-attr]
+    assert ep is not None and ep.max_context == 1024 and ep.candidate_run is None

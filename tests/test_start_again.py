@@ -249,3 +249,28 @@ def test_the_api_and_the_detail_page_scale_and_show_replicas(world: World) -> No
     r = world.client.post("/endpoints/ep1/scale", data={"csrf_token": csrf_of(page.text), "min_replicas": "x"},
                           follow_redirects=True)
     assert "min_replicas must be a whole number" in r.text
+
+
+def test_a_promoted_update_shows_its_new_settings_on_the_endpoint(registry: Registry, tmp_path: Path) -> None:
+    """An update's candidate carries its own max context and precision; once it is live the
+    endpoint shows them (as it shows the live run's configuration)."""
+    from inference_endpoints.persistence.models import utcnow
+
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    start_again(registry, org_id, "chat")
+    put_status(registry, ep_id, S.HEALTHY, backend_url="http://127.0.0.1:9")
+    ep = registry.get_endpoint(ep_id)
+    assert ep is not None and (ep.max_context, ep.precision) == (1024, "float32")
+    cand = registry.runs.add_run(ep_id, Role.CANDIDATE, Purpose.REPLACE, expected_live=ep.live_run,
+                                 config_json=ep.serving_config_json, max_context=512, precision="auto")
+    assert cand is not None and (cand.max_context, cand.precision) == (512, "auto")
+    assert registry.runs.get(ep.live_run or "") is not None
+    registry.runs.record_submitted(cand.id, "fr-cand")
+    now = utcnow()
+    assert registry.runs.report(cand.id, engine_started_at=now, backend_url="http://127.0.0.1:10",
+                                ready_at=now, last_seen_at=now)
+    still = registry.get_endpoint(ep_id)
+    assert still is not None and still.max_context == 1024  # not live yet
+    assert registry.runs.promote(ep_id, cand.id)
+    moved = registry.get_endpoint(ep_id)
+    assert moved is not None and (moved.max_context, moved.precision, moved.live_run) == (512, "auto", cand.id)

@@ -15,6 +15,7 @@ from inference_endpoints.cli import (
     scale,
     stack,
     start,
+    update,
 )
 
 app = typer.Typer(no_args_is_help=True, help="Serve fine-tuned checkpoints as HTTP endpoints.")
@@ -33,6 +34,7 @@ app.command("show")(endpoints.show_cmd)
 app.command("logs")(logs.logs_cmd)
 app.command("scale")(scale.scale_cmd)
 app.command("start")(start.start_cmd)
+app.command("update")(update.update_cmd)
 app.command("stop")(endpoints.stop_cmd)
 app.command("rm")(endpoints.rm_cmd)
 app.command("metrics")(metrics.metrics_cmd)

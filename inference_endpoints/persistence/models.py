@@ -172,6 +172,10 @@ class ServeRun(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("sr"), primary_key=True)
     endpoint_id: str = Field(index=True)  # not a foreign key: history outlives the endpoint
     instance: str | None = None  # what this engine ran on (its cost outlives the endpoint too)
+    # Its serving settings (an update's candidate differs from the live run's): the endpoint
+    # shows the live run's.
+    max_context: int | None = None
+    precision: str | None = None
     org_id: str = Field(index=True)
     generation: int
     role: str  # live, candidate (becomes live when promoted) or replica

@@ -262,7 +262,8 @@ class Registry(OrgsAndKeys, Leases, ImportRoots):
                 serving_config_json=spec.to_json(),
             )
             first_run = ServeRun(endpoint_id=endpoint_id, org_id=org_id, generation=0,
-                                 instance=request.instance.name,
+                                 instance=request.instance.name, max_context=request.max_context,
+                                 precision=request.precision,
                                  role=Role.LIVE.value, purpose=Purpose.START.value,
                                  checkpoint_id=ckpt.id, serving_config_json=endpoint.serving_config_json)
             endpoint.live_run = first_run.id

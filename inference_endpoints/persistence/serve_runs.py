@@ -83,6 +83,7 @@ def _settle(s: Session, ep: Endpoint) -> Derived:
     if live is not None:
         values.update(generation=live.generation, checkpoint_id=live.checkpoint_id,
                       serving_config_json=live.serving_config_json)
+        values.update({k: getattr(live, k) for k in ("max_context", "precision") if getattr(live, k)})
     previous = ep.status
     changed = derived.status.value != previous
     reason = derived.reason.value if derived.reason else None
@@ -195,7 +196,8 @@ class ServeRuns:
             run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
                            generation=0 if top is None else int(top) + 1, role=Role.LIVE.value,
                            purpose=Purpose.START.value, checkpoint_id=ep.checkpoint_id,
-                           serving_config_json=ep.serving_config_json)
+                           serving_config_json=ep.serving_config_json, max_context=ep.max_context,
+                           precision=ep.precision)
             s.add(run)
             s.flush()
             ep.desired, ep.stop_reason, ep.stop_message = Desired.SERVING.value, None, None
@@ -227,7 +229,8 @@ class ServeRuns:
 
     def add_run(self, endpoint_id: str, role: Role, purpose: Purpose, *, expected_live: str | None,
                 checkpoint_id: str | None = None, config_json: str | None = None,
-                requested_by: str | None = None) -> ServeRun | None:
+                requested_by: str | None = None, max_context: int | None = None,
+                precision: str | None = None) -> ServeRun | None:
         """Record a new serve run (not yet submitted) and point the endpoint at it.
 
         Guarded: a live run only replaces `expected_live`; a candidate only when there is
@@ -246,7 +249,8 @@ class ServeRuns:
                            generation=0 if top is None else int(top) + 1, role=role.value,
                            purpose=purpose.value, checkpoint_id=checkpoint_id or ep.checkpoint_id,
                            serving_config_json=config_json or ep.serving_config_json,
-                           requested_by=requested_by)
+                           requested_by=requested_by, max_context=max_context or ep.max_context,
+                           precision=precision or ep.precision)
             s.add(run)
             s.flush()
             if role == Role.LIVE:
@@ -358,7 +362,8 @@ class ServeRuns:
             run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
                            generation=max(r.generation for r in runs) + 1, role=Role.REPLICA.value,
                            replica=slot, purpose=(Purpose.RESTART if earlier else Purpose.START).value,
-                           checkpoint_id=live.checkpoint_id, serving_config_json=live.serving_config_json)
+                           checkpoint_id=live.checkpoint_id, serving_config_json=live.serving_config_json,
+                           max_context=live.max_context, precision=live.precision)
             s.add(run)
             added.append(run)
             return True

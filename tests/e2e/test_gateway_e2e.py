@@ -24,6 +24,7 @@ from inference_endpoints.adapters.gateway.server import run_in_thread
 from inference_endpoints.adapters.gateway.stats import admin_headers
 from inference_endpoints.persistence.models import Endpoint
 from tests.e2e.conftest import SHARED_NAME, E2EStack
+from tests.e2e.traffic import ClientLoop
 
 pytestmark = pytest.mark.e2e
 
@@ -187,16 +188,18 @@ def test_hang_up_mid_stream_aborts_the_generation(e2e: E2EStack, gateway: Gatewa
     assert 0 < generated < max_tokens
 
 
-def test_stable_url_survives_stop_and_start(e2e: E2EStack, gateway: Gateway, served: Endpoint) -> None:
+def test_stable_url_survives_stop_start_and_update(e2e: E2EStack, gateway: Gateway, served: Endpoint) -> None:
     """`endpoints stop`, then `endpoints start` (the CLI, piped as a script runs it): the same
-    endpoint serves again at the same URL with the same model name, on a new engine."""
+    endpoint serves again at the same URL with the same model name, on a new engine; then
+    `endpoints update --max-context 512` replaces that engine under a client loop."""
     before = e2e.endpoint(NAME)
     assert before.backend_url
     assert e2e.stop(NAME) == "stopped"
     wait_until(lambda: _health(gateway, e2e) != 200, 60, "the stopped endpoint no longer answers")
     assert e2e.registry.open_lease_count(before.id) == 0
     cli = Path(sys.executable).with_name("endpoints")
-    result = subprocess.run([str(cli), "start", NAME], env={**e2e.stack.env(), "IE_API_KEY": e2e.api_key},
+    env = {**e2e.stack.env(), "IE_API_KEY": e2e.api_key}
+    result = subprocess.run([str(cli), "start", NAME], env=env,
                             capture_output=True, text=True, timeout=600, check=False)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr
@@ -211,6 +214,27 @@ def test_stable_url_survives_stop_and_start(e2e: E2EStack, gateway: Gateway, ser
     completion = _api(gateway, e2e).completions.create(model=again.served_model_name,
                                                        prompt=PROMPT, max_tokens=4)
     assert completion.choices[0].text
+
+    # `endpoints update --max-context 512` under a client loop: a rolling replacement, no errors.
+    with ClientLoop(e2e.url(NAME), e2e.api_key, again.served_model_name, e2e.registry, again.id) as loop:
+        time.sleep(2)
+        updated = subprocess.run([str(cli), "update", NAME, "--max-context", "512"], env=env,
+                                 capture_output=True, text=True, timeout=600, check=False)
+        time.sleep(2)
+    print(updated.stdout, updated.stderr)
+    assert updated.returncode == 0, updated.stderr
+    failed = loop.failures()
+    print(f"[gateway] client loop during the update: {loop.count()} requests, {len(failed)} failed")
+    assert loop.count() > 5 and failed == [], failed[:5]
+    now = e2e.endpoint(NAME)
+    assert (now.id, now.max_context, now.status) == (before.id, 512, "healthy")
+    assert now.live_run != again.live_run and now.backend_url != again.backend_url
+    old_run = e2e.registry.runs.get(again.live_run or "")
+    assert old_run is not None and old_run.ended_at is not None  # drained and stopped
+    models = httpx.get(f"{e2e.url(NAME)}/v1/models", headers={"Authorization": f"Bearer {e2e.api_key}"},
+                       timeout=10).json()
+    assert models["data"][0]["max_model_len"] == 512  # what the new engine itself reports
+    assert e2e.registry.open_lease_count(before.id) == 1
     stats = httpx.get(f"{gateway.url}/_gateway/stats", headers=admin_headers(e2e.settings),
                       timeout=5).json()["endpoints"]
     row = next(r for r in stats if r["org"] == e2e.org_name and r["endpoint"] == NAME)

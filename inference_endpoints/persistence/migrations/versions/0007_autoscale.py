@@ -1,5 +1,6 @@
 """autoscaling: target load per replica, scale-down cooldown, the autoscaler's memory; the
-instance each serve run ran on (cost from engine spans, kept after the endpoint is removed)
+instance and serving settings each serve run ran with (cost from engine spans, kept after the
+endpoint is removed; an update's candidate differs from the live run)
 
 Revision ID: 0007
 Revises: 0006
@@ -23,13 +24,17 @@ def upgrade() -> None:
         batch.add_column(sa.Column("scale_changed_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("serve_runs") as batch:
         batch.add_column(sa.Column("instance", sa.String(), nullable=True))
-    op.execute("UPDATE serve_runs SET instance = (SELECT endpoints.instance FROM endpoints "
-               "WHERE endpoints.id = serve_runs.endpoint_id)")
+        batch.add_column(sa.Column("max_context", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("precision", sa.String(), nullable=True))
+    for column in ("instance", "max_context", "precision"):
+        op.execute(f"UPDATE serve_runs SET {column} = (SELECT endpoints.{column} FROM endpoints "
+                   "WHERE endpoints.id = serve_runs.endpoint_id)")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("serve_runs") as batch:
-        batch.drop_column("instance")
+        for name in ("precision", "max_context", "instance"):
+            batch.drop_column(name)
     with op.batch_alter_table("endpoints") as batch:
         for name in ("scale_changed_at", "scale_under_since", "scale_over_since", "replicas_wanted",
                      "scale_down_after_s", "scale_target"):
