@@ -132,12 +132,18 @@ def test_a_removal_in_progress_is_not_undone(registry: Registry, tmp_path: Path)
     assert snapshot(registry, ep_id) == before
 
 
-def test_the_api_starts_a_stopped_endpoint_and_kicks_the_reconciler(world: World) -> None:  # noqa: F811
-    world.create("ep1")
-    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
-    ep = world.registry.find_endpoint(world.org.id, "ep1")
+def stopped_in_console(world: World, name: str = "ep1") -> Any:  # noqa: F811
+    """An endpoint created through the API that served, was stopped and released its lease."""
+    world.create(name)
+    world.set_status(name, S.HEALTHY, S.STOPPING, S.STOPPED)
+    ep = world.registry.find_endpoint(world.org.id, name)
     assert ep is not None
     world.registry.release_leases(ep.id)
+    return ep
+
+
+def test_the_api_starts_a_stopped_endpoint_and_kicks_the_reconciler(world: World) -> None:  # noqa: F811
+    ep = stopped_in_console(world)
     r = world.client.post("/api/v1/endpoints/ep1/start", headers=world.auth)
     assert r.status_code == 202, r.text
     assert r.json()["outcome"] == "starting" and r.json()["endpoint"]["status"] == "pending"
@@ -156,11 +162,7 @@ def test_the_api_starts_a_stopped_endpoint_and_kicks_the_reconciler(world: World
 def test_the_detail_page_offers_start_for_a_stopped_endpoint(world: World) -> None:  # noqa: F811
     from tests.test_console_api import csrf_of, sign_in
 
-    world.create("ep1")
-    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
-    ep = world.registry.find_endpoint(world.org.id, "ep1")
-    assert ep is not None
-    world.registry.release_leases(ep.id)
+    stopped_in_console(world)
     sign_in(world)
     page = world.client.get("/endpoints/ep1")
     assert 'data-action="start"' in page.text and 'data-action="stop"' not in page.text
@@ -179,11 +181,7 @@ def test_spend_counts_engine_time_only_and_never_drops_when_an_endpoint_is_remov
     from inference_endpoints.core.cost import spend
     from inference_endpoints.persistence.models import utcnow
 
-    world.create("ep1")
-    world.set_status("ep1", S.HEALTHY, S.STOPPING, S.STOPPED)
-    ep = world.registry.find_endpoint(world.org.id, "ep1")
-    assert ep is not None
-    world.registry.release_leases(ep.id)
+    ep = stopped_in_console(world)
     first = world.registry.runs.of(ep.id)[0]
     assert first.engine_started_at is not None and first.ended_at is not None and first.instance == "cpu-dev"
     # backdate the first engine's span to exactly two hours, then start it again
