@@ -123,6 +123,9 @@ def test_the_reconciler_records_each_change_with_its_figures(registry: Registry)
     assert [r.step for r in rows] == ["autoscale"] and "scaled up 1 → 3" in rows[0].why
     row = registry.get_endpoint(ep)
     assert row is not None and wanted_replicas(row) == 3 and row.replicas_wanted == 3
+    # the slots the autoscaler opened can be filled (min_replicas is still 1), none beyond them
+    assert registry.runs.add_replica(ep, 1) is not None and registry.runs.add_replica(ep, 2) is not None
+    assert registry.runs.add_replica(ep, 3) is None
     events = [a for a in registry.activity(ep) if a.kind == "autoscaled"]
     assert len(events) == 1 and "7 request(s) in flight" in events[0].message
     # no gateway answer: nothing changes, nothing is recorded

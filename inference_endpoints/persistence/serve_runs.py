@@ -352,7 +352,7 @@ class ServeRuns:
         def change(s: Session, ep: Endpoint) -> bool:
             live = s.get(ServeRun, ep.live_run) if ep.live_run else None
             if (ep.desired != Desired.SERVING or ep.verdict is not None or live is None
-                    or not 1 <= slot < ep.min_replicas):
+                    or not 1 <= slot < wanted_replicas(ep)):
                 return False
             runs = _runs(s, endpoint_id)
             if any(r.role == Role.REPLICA.value and r.replica == slot and r.ended_at is None
