@@ -54,10 +54,12 @@ def record_replacement(registry: Registry, endpoint: Endpoint, request: CreateRe
 def follow_replacement(registry: Registry, endpoint: Endpoint, candidate: ServeRun, timeout_s: float,
                        log: Callable[[str], None], progress: Callable[[str], None] = lambda _line: None
                        ) -> bool:
-    """Kick the reconciler until the candidate serves and the old run has ended (True), or it
-    was abandoned (raises RuntimeError); False if still under way after `timeout_s`."""
+    """Kick the reconciler until the candidate serves and the old run has ended and, one pass
+    later, released its leases (True), or it was abandoned (raises RuntimeError); False if still
+    under way after `timeout_s`. Waiting for the scheduled pass instead could take a minute."""
     old_live = endpoint.live_run
     deadline = time.monotonic() + timeout_s
+    old_ended_seen = False
     while time.monotonic() < deadline:
         try:
             reconcile_now(registry, [endpoint.id], log=log)
@@ -73,6 +75,9 @@ def follow_replacement(registry: Registry, endpoint: Endpoint, candidate: ServeR
                  else "loading" if run and run.engine_started_at else "waiting for a worker")
         progress(phase)
         if current.live_run == candidate.id and (old is None or old.ended_at is not None):
-            return True
+            if old_ended_seen:  # the pass after its end released its leases: nothing is left of it
+                return True
+            old_ended_seen = True
+            continue
         time.sleep(0.5)
     return False

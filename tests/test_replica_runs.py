@@ -77,3 +77,4 @@ def test_a_run_leaving_the_queue_keeps_the_time_it_was_last_queued(registry: Reg
     assert left is not None and left.queued_message is None and left.queued_at == queued.queued_at
     shown = registry.get_endpoint(ep)
     assert shown is not None and (shown.status, shown.reason_code) == ("deploying", None)
+

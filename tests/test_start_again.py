@@ -272,3 +272,21 @@ def test_a_promoted_update_shows_its_new_settings_on_the_endpoint(registry: Regi
     assert registry.runs.promote(ep_id, cand.id)
     moved = registry.get_endpoint(ep_id)
     assert moved is not None and (moved.max_context, moved.precision, moved.live_run) == (512, "auto", cand.id)
+
+
+def test_leasing_the_same_run_twice_holds_one_lease(registry: Registry, tmp_path: Path) -> None:
+    """Two passes submitting one run at once (a flow's kick and the scheduled pass) lease it once,
+    so the count drops to the live run's alone when the old run's lease is released."""
+    org_id, ep_id = stopped_endpoint(registry, tmp_path)
+    start_again(registry, org_id, "chat")
+    ep = registry.get_endpoint(ep_id)
+    assert ep is not None
+    view = registry.checkpoint_view(org_id, ep.checkpoint_id)
+    assert view is not None
+    before = registry.open_lease_count(ep_id)
+    registry.lease_for_candidate(ep_id, "chat", [view], "fr-candidate")
+    registry.lease_for_candidate(ep_id, "chat", [view], "fr-candidate")
+    assert registry.open_lease_count(ep_id) == before + 1
+    assert registry.release_run_leases("fr-candidate") == 1
+    registry.lease_for_candidate(ep_id, "chat", [view], "fr-other")  # another run: its own lease
+    assert registry.open_lease_count(ep_id) == before + 1

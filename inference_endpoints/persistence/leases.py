@@ -70,15 +70,25 @@ class Leases:
 
     def lease_for_candidate(self, endpoint_id: str, endpoint_name: str,
                             checkpoints: list[CheckpointView], run_id: str) -> None:
-        """Lease the replacement's checkpoint(s) for its own run; they must be available."""
+        """Lease the replacement's checkpoint(s) for its own run; they must be available.
+
+        Idempotent per run: two reconcile passes that submit the same run at once (a flow's
+        kick and the scheduled pass) lease it once. The checkpoint's row lock orders them, so
+        the second sees the first's lease.
+        """
         with self.session() as s:
             for view in checkpoints:
                 if not lock_checkpoint(s, view.id):
                     raise invalid("checkpoint_deleted", "checkpoint",
                                   f"Checkpoint {view.name!r} is no longer available.",
                                   "Pick another checkpoint.")
-                s.add(CheckpointLease(checkpoint_id=view.id, endpoint_id=endpoint_id,
-                                      endpoint_name=endpoint_name, flow_run_id=run_id))
+                held = s.exec(select(CheckpointLease.id).where(
+                    CheckpointLease.checkpoint_id == view.id, CheckpointLease.endpoint_id == endpoint_id,
+                    CheckpointLease.flow_run_id == run_id,
+                    col(CheckpointLease.released_at).is_(None))).first()
+                if held is None:
+                    s.add(CheckpointLease(checkpoint_id=view.id, endpoint_id=endpoint_id,
+                                          endpoint_name=endpoint_name, flow_run_id=run_id))
 
     def release_run_leases(self, run_id: str) -> int:
         """Release the leases one serve run held, once that run is confirmed ended."""
