@@ -1,6 +1,6 @@
 """An endpoint on two vLLM-CPU replicas: traffic spread over both, a SIGKILLed replica costs no
-request and comes back, and scaling to one drains the other without an error; then the
-autoscaler takes it from 1 to 2 under a sustained load and back to 1 after it ends.
+request and comes back, and scaling to one drains the other without an error; then (a test
+of its own) the autoscaler takes it from 1 to 2 under a sustained load and back to 1 after it.
 
 Real parts throughout: two engines of the tiny demo model (they fit in 2 cores), the real
 gateway balancing by outstanding requests and retrying before the first byte, the real
@@ -120,8 +120,24 @@ def test_two_replicas_share_traffic_heal_and_scale_down_without_errors(e2e: E2ES
     ended = e2e.registry.runs.get(leaving.id)
     assert ended is not None and ended.end_reason == "stopped_by_user", ended
 
-    # 4. Autoscaling, by the scheduled reconcile pass alone: 1 → 2 under a sustained concurrent
-    #    load (three callers back to back, one in flight per replica wanted), back to 1 after it.
+    # The endpoint stays, on one replica, for the autoscaling test below.
+
+
+def test_the_autoscaler_adds_a_replica_under_load_and_retires_it_after(e2e: E2EStack) -> None:
+    """Autoscaling, by the scheduled reconcile pass alone: 1 → 2 under a sustained concurrent load
+    (three callers back to back, one in flight per replica wanted), back to 1 after it ends.
+    On the endpoint the test above leaves on one replica (its own test, so each stays within
+    the per-test timeout), or on a new one if that test failed before."""
+    e2e.ensure_worker()
+    found = e2e.registry.find_endpoint(e2e.org_id, NAME)
+    if found is None or found.status != "healthy":
+        if found is not None:
+            e2e.stop(NAME, remove=True)
+        found = e2e.create(NAME)
+    ep = found
+    assert ep.status == "healthy", (ep.status, ep.reason_code, ep.reason_message)
+    cli = Path(sys.executable).with_name("endpoints")
+    env = {**e2e.stack.env(), "IE_API_KEY": e2e.api_key, "COLUMNS": "200"}
     auto = subprocess.run([str(cli), "scale", NAME, "--min-replicas", "1", "--max-replicas", "2",
                            "--scale-target", "1", "--scale-down-after-s", "20"], env=env,
                           capture_output=True, text=True, timeout=120)
