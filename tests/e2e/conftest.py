@@ -147,8 +147,9 @@ def paused_deployment(name: str) -> Iterator[None]:
         deployment = client.read_deployment_by_name(name)
         was_paused = bool(deployment.paused)
         client.pause_deployment(deployment.id)
-        _wait_for_in_flight_runs(client, deployment.id)
     try:
+        with get_client(sync_client=True) as client:
+            _wait_for_in_flight_runs(client, deployment.id)
         yield
     finally:
         if not was_paused:
