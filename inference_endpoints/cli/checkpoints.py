@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
-from inference_endpoints.cli.output import JsonFlag, Table, print_json
+from inference_endpoints.cli.output import JsonFlag, Table, minute, print_json
 from inference_endpoints.cli.roots import roots_app
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Register, list and inspect checkpoints.")
@@ -68,7 +68,7 @@ def list_checkpoints_cmd(
         style = CHECKPOINT_STYLE.get(doc["status"], "white")
         table.add_row(doc["id"], doc["name"], doc["kind"], doc["base_model"], f"{doc['size_bytes']:,}",
                       f"[{style}]{doc['status']}[/]", ", ".join(doc["held_by"]) or "-",
-                      doc["created_at"][:16].replace("T", " "))
+                      minute(doc["created_at"]))
     out.print(table)
 
 

@@ -28,6 +28,7 @@ from inference_endpoints.cli.common import (
     user_errors,
 )
 from inference_endpoints.cli.endpoints import config_table, show_endpoint
+from inference_endpoints.cli.output import ScaleDownAfterOption, ScaleTargetOption
 from inference_endpoints.core.errors import RequestInvalid
 from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
@@ -71,10 +72,8 @@ def create_cmd(
     min_replicas: Annotated[int, typer.Option(help="Engines kept serving (1 to 8)")] = 1,
     max_replicas: Annotated[int | None, typer.Option(
         help="Autoscale up to this many on load (default: --min-replicas)")] = None,
-    scale_target: Annotated[float | None, typer.Option(
-        help="Requests in flight per replica the autoscaler aims at (default 4)")] = None,
-    scale_down_after_s: Annotated[int | None, typer.Option(
-        "--scale-down-after-s", help="Cooldown before scaling down, in seconds (default 300)")] = None,
+    scale_target: ScaleTargetOption = None,
+    scale_down_after_s: ScaleDownAfterOption = None,
 ) -> None:
     """Create an endpoint serving a checkpoint and follow it until it is healthy (Ctrl-C stops following)."""
     from inference_endpoints.services.operations import plan_create

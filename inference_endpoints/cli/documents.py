@@ -18,14 +18,9 @@ from inference_endpoints.services.replicas import replica_settings
 from inference_endpoints.urls import endpoint_urls
 
 
-def org_name(ctx: Context) -> str:
-    org = ctx.registry.get_org(ctx.org_id)
-    return org.name if org else ctx.settings.org
-
-
 def endpoint_summary(ctx: Context, ep: Endpoint, traffic: dict[Any, Any] | None) -> dict[str, Any]:
     """One row of `endpoints list`: what a caller needs (URL, model name) and its state."""
-    org = org_name(ctx)
+    org = ctx.org_name
     ckpt = ctx.registry.find_checkpoint(ctx.org_id, ep.checkpoint_id)
     stats = traffic.get((org, ep.name)) if traffic is not None else None
     counted = traffic is not None
@@ -57,7 +52,7 @@ def endpoint_detail(ctx: Context, ep: Endpoint) -> dict[str, Any]:
     """`endpoints show --json`: the summary plus configuration, phases, replicas and activity."""
     from inference_endpoints.core.serving_config import ServingSpec
 
-    org = org_name(ctx)
+    org = ctx.org_name
     urls = endpoint_urls(ep.name, org, ctx.settings)
     spec = ServingSpec.from_json(ep.serving_config_json)
     document = endpoint_summary(ctx, ep, traffic=None)

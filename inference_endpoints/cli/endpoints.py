@@ -15,7 +15,7 @@ from inference_endpoints.cli.common import (
     use_stack,
     user_errors,
 )
-from inference_endpoints.cli.output import JsonFlag, Table, print_json
+from inference_endpoints.cli.output import JsonFlag, Table, minute, print_json
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
 
@@ -106,7 +106,7 @@ def list_cmd(as_json: JsonFlag = False) -> None:
                       f"{row['model']} ({row['base_model'] or '?'} / {row['checkpoint']['name'] or '?'})",
                       row["instance"],
                       *("?" if row[k] is None else str(row[k]) for k in ("in_flight", "requests")),
-                      row["path_url"], row["created_at"][:16].replace("T", " "))
+                      row["path_url"], minute(row["created_at"]))
     out.print(table)
     if traffic is None:
         out.print("[dim]The gateway is not answering: request counts unknown (`endpoints status`).[/]")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from inference_endpoints.cli.common import err, load_context, out, user_errors
-from inference_endpoints.cli.output import JsonFlag, Table, iso, print_json
+from inference_endpoints.cli.output import JsonFlag, Table, iso, minute, print_json
 from inference_endpoints.core.errors import invalid
 from inference_endpoints.core.validation import DNS_LABEL
 
@@ -53,8 +53,8 @@ def list_keys_cmd(as_json: JsonFlag = False) -> None:
         return
     table = Table("id", "prefix", "name", "created", "revoked", title=f"keys of {ctx.settings.org}")
     for doc in rows:
-        revoked = doc["revoked_at"][:16].replace("T", " ") if doc["revoked_at"] else "-"
-        table.add_row(doc["id"], doc["prefix"], doc["name"], str(doc["created_at"])[:16].replace("T", " "),
+        revoked = minute(doc["revoked_at"])
+        table.add_row(doc["id"], doc["prefix"], doc["name"], minute(doc["created_at"]),
                       f"[red]{revoked}[/]" if doc["revoked_at"] else revoked)
     out.print(table)
 

@@ -54,6 +54,17 @@ def iso(ts: datetime | None) -> str | None:
     return (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
+def minute(iso_time: str | None) -> str:
+    """An ISO time from a document as a table shows it: `2026-12-03 14:52` (UTC), or `-`."""
+    return iso_time[:16].replace("T", " ") if iso_time else "-"
+
+
+ScaleTargetOption = Annotated[float | None, typer.Option(
+    help="Requests in flight per replica the autoscaler aims at (default 4)")]
+ScaleDownAfterOption = Annotated[int | None, typer.Option(
+    "--scale-down-after-s", help="Cooldown before scaling down, in seconds (default 300)")]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso(value)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from inference_endpoints.cli.common import Context, err, load_context, out, require_endpoint, use_stack
-from inference_endpoints.cli.output import Table
+from inference_endpoints.cli.output import ScaleDownAfterOption, ScaleTargetOption, Table
 from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
@@ -21,12 +21,13 @@ from inference_endpoints.settings import Settings
 def replicas_table(ctx: Context, ep: Endpoint) -> Table:
     """Each running replica: its slot, phase, address and serve run."""
     from inference_endpoints.cli.documents import replica_rows
-    from inference_endpoints.persistence.run_facts import wanted_replicas
+    from inference_endpoints.services.replicas import replica_settings
 
-    autoscaled = (f"autoscaled {ep.min_replicas} to {ep.max_replicas} at {ep.scale_target:g} in flight "
-                  f"per replica" if ep.max_replicas > ep.min_replicas else "fixed")
+    r = replica_settings(ep)
+    autoscaled = (f"autoscaled {r['min']} to {r['max']} at {r['scale_target']:g} in flight per replica"
+                  if r["autoscaled"] else "fixed")
     table = Table("replica", "phase", "address", "serve run", "flow run",
-                  title=f"replicas of {ep.name}: {wanted_replicas(ep)} wanted ({autoscaled})")
+                  title=f"replicas of {ep.name}: {r['wanted']} wanted ({autoscaled})")
     for row in replica_rows(ctx, ep):
         table.add_row(str(row["replica"]), row["phase"], row["address"] or "-", row["serve_run"],
                       row["flow_run_id"] or "-")
@@ -38,10 +39,8 @@ def scale_cmd(
     min_replicas: Annotated[int, typer.Option(help="Engines kept serving (1 to 8)")],
     max_replicas: Annotated[int | None, typer.Option(
         help="Autoscale up to this many on load (default: --min-replicas, no autoscaling)")] = None,
-    scale_target: Annotated[float | None, typer.Option(
-        help="Requests in flight per replica the autoscaler aims at (default 4)")] = None,
-    scale_down_after_s: Annotated[int | None, typer.Option(
-        "--scale-down-after-s", help="Cooldown before scaling down, in seconds (default 300)")] = None,
+    scale_target: ScaleTargetOption = None,
+    scale_down_after_s: ScaleDownAfterOption = None,
 ) -> None:
     """Change how many engines serve an endpoint; the stable URL answers throughout."""
     high = max_replicas if max_replicas is not None else min_replicas

@@ -8,7 +8,6 @@ orchestrator (Prefect) and the backend probe are injected, as the collector's ar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +33,7 @@ from inference_endpoints.persistence.checkpoint_lifecycle import transfer_leases
 from inference_endpoints.persistence.models import CheckpointLease, Endpoint, ServeRun, utcnow
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.run_facts import aware, intent_of, run_facts, wanted_replicas
+from inference_endpoints.services.replicas import replica_settings
 
 MAX_ROUNDS = 4  # decide → apply → decide again, so one call finishes what it can
 
@@ -128,8 +128,11 @@ def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
               load: LoadSource | None = None) -> list[Row]:
     """One pass over the chosen endpoints (all that need attention by default)."""
     rows: list[Row] = []
-    in_flight = _read_load(load, log)
-    for endpoint_id in endpoints_to_watch(registry, endpoint_ids):
+    watched = endpoints_to_watch(registry, endpoint_ids)
+    # The gateway is asked only when one of them autoscales: the flows' kicks (every 0.5 s while
+    # they follow a create or an update) add no request to it otherwise.
+    in_flight = _read_load(load, log) if _any_autoscaled(registry, watched) else None
+    for endpoint_id in watched:
         rows += autoscale_endpoint(registry, endpoint_id, in_flight, clock())
         for _ in range(MAX_ROUNDS):
             done = _one_round(registry, control, probe, endpoint_id, settings, clock, log)
@@ -137,6 +140,15 @@ def reconcile(registry: Registry, control: Orchestrator, probe: Probe, *,
             if not any(r.step not in (Kind.WAIT.value, Kind.QUEUE.value) for r in done):
                 break
     return rows
+
+
+def _any_autoscaled(registry: Registry, endpoint_ids: list[str]) -> bool:
+    if not endpoint_ids:
+        return False
+    with registry.session() as s:
+        return s.exec(select(Endpoint.id).where(col(Endpoint.id).in_(endpoint_ids),
+                                                col(Endpoint.max_replicas) > col(Endpoint.min_replicas))
+                      ).first() is not None
 
 
 def _read_load(load: LoadSource | None, log: Callable[[str], None]) -> Mapping[tuple[str, str], int] | None:
@@ -149,8 +161,8 @@ def _read_load(load: LoadSource | None, log: Callable[[str], None]) -> Mapping[t
         return None
 
 
-def autoscale_endpoint(registry: Registry, endpoint_id: str, in_flight: Mapping[tuple[str, str], int] | None,
-               now: datetime) -> list[Row]:
+def autoscale_endpoint(registry: Registry, endpoint_id: str,
+                       in_flight: Mapping[tuple[str, str], int] | None, now: datetime) -> list[Row]:
     """Record this pass's autoscaling decision; the replica steps then fill or retire slots."""
     ep = registry.get_endpoint(endpoint_id)
     if (ep is None or ep.max_replicas <= ep.min_replicas or ep.desired != "serving" or ep.verdict
@@ -158,8 +170,8 @@ def autoscale_endpoint(registry: Registry, endpoint_id: str, in_flight: Mapping[
         return []
     org = registry.get_org(ep.org_id)
     count = None if in_flight is None or org is None else in_flight.get((org.name, ep.name), 0)
-    ready = len(json.loads(ep.backend_urls)) if ep.backend_urls else 0
-    wanted = wanted_replicas(ep)
+    settings = replica_settings(ep)
+    ready, wanted = settings["ready"], settings["wanted"]
     state = ScaleState(wanted, aware(ep.scale_over_since), aware(ep.scale_under_since),
                        aware(ep.scale_changed_at))
     decision = decide_scale(state, ScaleInput(ep.min_replicas, ep.max_replicas, ep.scale_target,

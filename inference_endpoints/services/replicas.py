@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from inference_endpoints.core.lifecycle import Role
@@ -34,8 +35,6 @@ def replica_rows(registry: Registry, ep: Endpoint) -> list[dict[str, Any]]:
 
 def replica_settings(ep: Endpoint) -> dict[str, Any]:
     """The bounds, the autoscaler's count now and its settings, and how many replicas serve."""
-    import json
-
     return {"min": ep.min_replicas, "max": ep.max_replicas, "wanted": wanted_replicas(ep),
             "ready": len(json.loads(ep.backend_urls)) if ep.backend_urls else 0,
             "autoscaled": ep.max_replicas > ep.min_replicas, "scale_target": ep.scale_target,
