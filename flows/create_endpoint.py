@@ -11,6 +11,7 @@ startup timeout. A rejected request writes nothing at all.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 from prefect import flow, get_run_logger, task
@@ -18,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from inference_endpoints.core.catalog import by_name
 from inference_endpoints.core.errors import RequestInvalid
 from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
-from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.core.validation import DEFAULT_INSTANCE, DEFAULT_MAX_CONTEXT, CreateRequest
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.services.operations import plan_create
@@ -33,6 +35,8 @@ from tasks.orchestration import reconcile_now
 FOLLOW_S = 0.5
 RECONCILE_EVERY_S = 2.0
 STABLE_URL_WAIT_S = 15.0
+
+INSTANCE_NAMES: list[Any] = sorted(by_name())  # the run form offers the catalog's instances, nothing else
 
 
 class EndpointFailed(RuntimeError):
@@ -122,8 +126,9 @@ def follow(registry: Registry, endpoint_id: str, org: str) -> Endpoint:
 def create_endpoint(
     name: str = Field(description="Endpoint name: a DNS label, unique in the organization"),
     checkpoint: str = Field(description="Checkpoint id or name (your organization's)"),
-    instance: str = Field(default="cpu-dev", description="Instance type (see `endpoints instances`)"),
-    max_context: int = Field(default=2048, description="Maximum context length in tokens"),
+    instance: str = Field(default=DEFAULT_INSTANCE, description="Instance type (see `endpoints instances`)",
+                          json_schema_extra={"enum": INSTANCE_NAMES}),
+    max_context: int = Field(default=DEFAULT_MAX_CONTEXT, description="Maximum context length in tokens"),
     precision: Precision = Field(default=Precision.AUTO, description="Serving precision"),
     quantization: Quantization = Field(default=Quantization.NONE,
                                        description="Serving-time quantization"),

@@ -12,14 +12,16 @@ run stops — callers of the stable URL see no errors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.create_endpoint import create_endpoint
+from inference_endpoints.core.catalog import by_name
 from inference_endpoints.core.errors import RequestInvalid
 from inference_endpoints.core.status import Precision
-from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.core.validation import DEFAULT_INSTANCE, DEFAULT_MAX_CONTEXT, CreateRequest
 from inference_endpoints.persistence.models import Checkpoint, Endpoint
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import LocalCheckpointStore
@@ -27,6 +29,8 @@ from inference_endpoints.services.import_roots import SourcePolicy
 from inference_endpoints.services.operations import register_checkpoint
 from tasks.context import load_context
 from tasks.replacements import follow_replacement, record_replacement
+
+INSTANCE_NAMES: list[Any] = sorted(by_name())  # the run form offers the catalog's instances, nothing else
 
 
 def _blank(value: str | None) -> str | None:
@@ -85,8 +89,9 @@ def on_finetune_completed(
     checkpoint_name: str | None = Field(default=None, description="Name to register it under"),
     policy: str | None = Field(default=None, description="none, create or replace"),
     endpoint: str | None = Field(default=None, description="Endpoint to create or move"),
-    instance: str = Field(default="cpu-dev", description="Instance type for a new endpoint"),
-    max_context: int = Field(default=1024, description="Max context for a new endpoint"),
+    instance: str = Field(default=DEFAULT_INSTANCE, description="Instance type for a new endpoint",
+                          json_schema_extra={"enum": INSTANCE_NAMES}),
+    max_context: int = Field(default=DEFAULT_MAX_CONTEXT, description="Max context for a new endpoint"),
     precision: Precision = Field(default=Precision.AUTO, description="Precision for a new endpoint"),
 ) -> str:
     """Register the job's checkpoint and apply the serving policy."""

@@ -242,3 +242,22 @@ def test_a_huge_value_is_named_not_echoed_back(world: World, field: str) -> None
     assert "xxxxxxxx" in problem.message and "10,000,000 characters" in problem.message
     assert len(problem.message) + len(problem.hint) < 1_000, len(problem.message)
     assert world.registry.counts() == before
+
+
+@pytest.mark.parametrize("wrong", [{"precision": "float16"}, {"precision": "int4"}, {"quantization": "awq"},
+                                   {"precision": "float16", "quantization": "fp8"}])
+def test_one_wrong_serving_field_still_shows_the_fit_estimate(world: World, wrong: dict[str, str]) -> None:
+    """The form's fit panel does not vanish when only precision or quantization is wrong."""
+    before = world.registry.counts()
+    with pytest.raises(RequestInvalid) as exc:
+        world.create(name="fit-shown", **wrong)
+    assert {p.field for p in exc.value.problems} == set(wrong)
+    fit = exc.value.details["fit"]
+    assert fit["required"].endswith(("MiB", "GiB")) and "available" in fit
+    assert world.registry.counts() == before
+
+
+def test_no_fit_estimate_without_a_checkpoint_to_estimate(world: World) -> None:
+    with pytest.raises(RequestInvalid) as exc:
+        world.create(name="no-fit", checkpoint="nope", precision="float16")
+    assert "fit" not in exc.value.details

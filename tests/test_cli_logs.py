@@ -157,3 +157,29 @@ def test_follow_streams_new_lines_and_ends_with_the_run(stack: IsolatedStack, tm
     assert follower.returncode == 0, stderr
     assert lines.rest() == []  # nothing more was written
     assert "ended: stopped_by_user" in stderr
+
+
+def test_one_replicas_log_by_its_number(stack: IsolatedStack, tmp_path: Path) -> None:
+    from inference_endpoints.persistence.models import Endpoint
+
+    registry = stack.registry()
+    ep = add_endpoint(registry, org_id(registry), "twin", status="pending")
+    put_status(registry, ep, EndpointStatus.HEALTHY)
+    with_log(registry, ep, tmp_path / "r0.log", ["replica zero"])
+    with registry.session() as s:
+        row = s.get(Endpoint, ep)
+        assert row is not None
+        row.min_replicas = row.max_replicas = 2
+        s.add(row)
+    second = registry.runs.add_replica(ep, 1)
+    assert second is not None
+    (tmp_path / "r1.log").write_text("replica one\n")
+    assert registry.runs.report(second.id, log_path=str(tmp_path / "r1.log"))
+
+    one = stack.cli("logs", "twin", "--replica", "1")
+    assert one.returncode == 0 and one.stdout.splitlines() == ["replica one"], one.stderr
+    assert second.id in one.stderr
+    zero = stack.cli("logs", "twin", "-r", "0")
+    assert zero.returncode == 0 and zero.stdout.splitlines() == ["replica zero"]
+    missing = stack.cli("logs", "twin", "--replica", "4")
+    assert missing.returncode == 1 and "replicas: 0, 1" in missing.stderr and missing.stdout == ""

@@ -68,6 +68,7 @@ NO_PATH_OBJECT = {
     ("POST", "/checkpoints/register"): "ref in the form: base checkpoint",
     ("GET", "/keys"): "the caller's keys", ("POST", "/keys"): "a new key for the caller",
     ("GET", "/sd/targets"): "Prometheus discovery: every org's targets, loopback callers only",
+    ("GET", "/favicon.ico"): "the console's icon",
 }
 MOUNTS = {"/static": "the console's own CSS and JS"}
 # Unknown references of each shape: a name, and an id that exists nowhere.
@@ -128,6 +129,8 @@ def _body_for(method: str, path: str) -> Callable[[str], dict[str, Any]]:
         body = ({"json": {"idle_stop_minutes": 30}} if method == "PATCH"
                 else {"json": {"min_replicas": 2, "max_replicas": 2}} if path.endswith("/scale") else {})
         return lambda ref: dict(body)
+    if path.endswith("/_playground"):  # JSON, its token in a header: see Caller.send
+        return lambda ref: {"json": {"prompt": "hi", "max_tokens": 1}}
     form = ({"idle_stop_minutes": "30"} if path.endswith("/idle-stop")
             else {"min_replicas": "2"} if path.endswith("/scale") else {})
     return lambda ref: {"data": dict(form)} if method == "POST" else {}
@@ -244,6 +247,9 @@ class Caller:
         args = call.build(ref)
         path = re.sub(r"\{\w+\}", ref, call.path)
         if call.page:
+            if call.path.endswith("/_playground"):  # the playground sends the signed-in key itself
+                headers = {"X-CSRF-Token": self.csrf, "Authorization": f"Bearer {self.key}"}
+                return self.client.request(call.method, path, headers=headers, **args)
             if call.method == "POST":
                 args.setdefault("data", {})["csrf_token"] = self.csrf
             return self.client.request(call.method, path, follow_redirects=True, **args)

@@ -124,3 +124,13 @@ def test_max_context_above_model_limit_is_reported(qwen05b: CheckpointFacts, tmp
     assert [(p.code, p.field) for p in exc.value.problems] == [
         ("max_context_too_large", "max_context")]
     assert "32768" in exc.value.problems[0].hint
+
+
+@pytest.mark.parametrize(("size", "shown"), [
+    (0, "0.00 GiB"), (5 * 2**20, "5.0 MiB"), (GIB // 100 - 1, "10.2 MiB"), (GIB // 100, "0.01 GiB"),
+    (3 * GIB // 2, "1.50 GiB"),
+])
+def test_sizes_read_as_people_read_them(size: int, shown: str) -> None:
+    from inference_endpoints.core.fit import gib
+
+    assert gib(size) == shown

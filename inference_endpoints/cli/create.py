@@ -32,7 +32,7 @@ from inference_endpoints.cli.output import ScaleDownAfterOption, ScaleTargetOpti
 from inference_endpoints.core.errors import RequestInvalid
 from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.status import EndpointStatus, Precision, Quantization
-from inference_endpoints.core.validation import CreateRequest
+from inference_endpoints.core.validation import DEFAULT_INSTANCE, DEFAULT_MAX_CONTEXT, CreateRequest
 from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.settings import Settings
 
@@ -55,9 +55,10 @@ def create_cmd(
     name: Annotated[str, typer.Argument(help="Endpoint name (a DNS label)")],
     checkpoint: Annotated[str, typer.Option(help="Checkpoint id or name")],
     instance: Annotated[str, typer.Option(help="Instance type (see `endpoints instances`)")] = (
-        "cpu-dev"
+        DEFAULT_INSTANCE
     ),
-    max_context: Annotated[str, typer.Option(help="Maximum context length in tokens")] = "2048",
+    max_context: Annotated[str, typer.Option(help="Maximum context length in tokens")] = str(
+        DEFAULT_MAX_CONTEXT),
     precision: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")] = (
         Precision.AUTO.value
     ),

@@ -7,9 +7,7 @@ lines go to stdout unchanged (pipe them to grep); headers and reasons go to stde
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -18,44 +16,14 @@ import typer
 from inference_endpoints.cli.common import Context, err, load_context, require_endpoint
 from inference_endpoints.core.status import EndpointStatus
 from inference_endpoints.persistence.models import ServeRun
+from inference_endpoints.services.engine_log import last_lines, pick_run, unreadable_reason
 
 FOLLOW_POLL_S = 0.5
 RECHECK_EVERY_S = 2.0  # how often --follow looks for a restart or the run's end
 
 
-def pick_run(runs: Sequence[ServeRun], live_id: str | None, generation: int | None) -> ServeRun | None:
-    """The asked-for generation, else the live run, else the newest one."""
-    if generation is not None:
-        return next((r for r in runs if r.generation == generation), None)
-    live = next((r for r in runs if r.id == live_id), None)
-    return live or max(runs, key=lambda r: r.generation, default=None)
-
-
-def last_lines(path: Path, count: int) -> tuple[list[str], int]:
-    """The last `count` lines and the offset where the file ends (to follow from)."""
-    with path.open("rb") as fh:
-        data = fh.read()
-    lines = data.decode(errors="replace").splitlines()
-    return lines[-count:] if count > 0 else [], len(data)
-
-
 def _where(run: ServeRun) -> str:
     return f"serve run {run.id} (generation {run.generation}, flow run {run.flow_run_id or '-'})"
-
-
-def _readable(run: ServeRun) -> Path | None:
-    """The run's log if this machine can read it; says why not otherwise."""
-    if not run.log_path:
-        err.print(f"{_where(run)} has not started its engine yet: no log so far.")
-        return None
-    path = Path(run.log_path)
-    if not path.is_file():
-        here = socket.gethostname()
-        on = f"on host {run.log_host}" if run.log_host and run.log_host != here else "on its host"
-        err.print(f"The engine log of {_where(run)} is at {path} {on}; it is not on this machine "
-                  f"({here}). Read it there, or in the serve run's Prefect logs.")
-        return None
-    return path
 
 
 def _print_ending(ctx: Context, endpoint_id: str, run: ServeRun) -> None:
@@ -103,6 +71,8 @@ def logs_cmd(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
     generation: Annotated[int | None, typer.Option(
         "--generation", "-g", min=0, help="An earlier serve run (generation), not the live one")] = None,
+    replica: Annotated[int | None, typer.Option(
+        "--replica", "-r", min=0, help="One replica's engine (0 is the first; see `endpoints show`)")] = None,
 ) -> None:
     """Print an endpoint's engine log (vLLM's own output); `--follow` streams it."""
     import sys
@@ -110,16 +80,21 @@ def logs_cmd(
     ctx = load_context()
     ep = require_endpoint(ctx, name)
     runs = ctx.registry.runs.of(ep.id)
-    run = pick_run(runs, ep.live_run, generation)
+    run = pick_run(runs, ep.live_run, generation, replica)
     if run is None:
-        known = ", ".join(str(r.generation) for r in runs) or "none"
-        err.print(f"[red]{ep.name} has no serve run"
-                  f"{f' of generation {generation}' if generation is not None else ''} "
-                  f"(generations: {known}).[/]")
+        if generation is not None:
+            asked, known = f" of generation {generation}", {str(r.generation) for r in runs}
+            listing = f"generations: {', '.join(sorted(known, key=int)) or 'none'}"
+        else:
+            asked, known = f" for replica {replica}", {str(r.replica) for r in runs}
+            listing = f"replicas: {', '.join(sorted(known, key=int)) or 'none'}"
+        err.print(f"[red]{ep.name} has no serve run{asked if runs else ''} ({listing}).[/]")
         raise typer.Exit(1)
-    path = _readable(run)
-    if path is None:
+    reason = unreadable_reason(run)
+    if reason is not None or not run.log_path:
+        err.print(reason)
         raise typer.Exit(1)
+    path = Path(run.log_path)
     err.print(f"[dim]==> {_where(run)}: {path}[/]")
     shown, offset = last_lines(path, lines)
     for line in shown:

@@ -92,6 +92,25 @@ def spend(spans: Iterable[EngineSpan], now: datetime) -> float:
     return round(sum(s.hours(now) * s.price_per_hour for s in spans), 6)
 
 
+HOURS_PER_MONTH = 730  # 365 * 24 / 12: how cloud price sheets state a month
+
+
+@dataclass(frozen=True)
+class RunningCost:
+    """What an endpoint costs while it serves: its instance's price times its engines."""
+
+    price_per_hour: float
+    replicas: int
+
+    @property
+    def per_hour(self) -> float:
+        return self.price_per_hour * self.replicas
+
+    @property
+    def per_month(self) -> float:
+        return self.per_hour * HOURS_PER_MONTH
+
+
 def org_total(costs: Iterable[CostSoFar]) -> float:
     return round(sum(c.amount for c in costs), 6)
 

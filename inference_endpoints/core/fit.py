@@ -65,6 +65,9 @@ class FitEstimate:
 
 
 def gib(n: int) -> str:
+    """Sizes as people read them: a tiny model's weights are MiB, not "0.00 GiB"."""
+    if 0 < abs(n) < GIB // 100:
+        return f"{n / 2**20:.1f} MiB"
     return f"{n / GIB:.2f} GiB"
 
 

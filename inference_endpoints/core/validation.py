@@ -26,6 +26,10 @@ from inference_endpoints.core.status import (
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+DEFAULT_MAX_CONTEXT = 2048  # one default for the CLI, the API, the console and the Prefect run forms
+DEFAULT_INSTANCE = "cpu-dev"
+
+
 @dataclass(frozen=True)
 class CreateRequest:
     """Raw user input; loosely typed on purpose so every bad field can be reported."""
@@ -335,6 +339,13 @@ def validate_create(
             request.quantization,
         )
         problems += fit_problems
+    elif usable_checkpoint is not None and instance is not None and max_context is not None:
+        # A wrong precision or quantization still shows the estimate (at the instance's own
+        # defaults for the wrong one), so the form's fit panel does not vanish over one field.
+        adapter = usable_checkpoint.facts if usable_checkpoint.base is not None else None
+        fit = estimate_fit(usable_checkpoint.model_facts, instance, max_context,
+                           "auto" if prec_problems else request.precision,
+                           "none" if quant_problems else request.quantization, adapter)
     if problems:
         details: dict[str, Any] = {}
         if fit is not None:

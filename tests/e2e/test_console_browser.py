@@ -4,7 +4,10 @@ One scenario, as a person would go through it: sign in, register the demo checkp
 try bad inputs in the create form (each error appears inline), create an endpoint,
 watch it become healthy on its page, copy its example requests and run them through
 the gateway, delete its checkpoint while it serves (held), stop it from the list,
-collect garbage (reclaimed), remove it. Screenshots land in test-artifacts/.
+collect garbage (reclaimed), remove it. On the way: the playground streams an answer, the
+Logs tab shows the engine's lines, Start brings a stopped endpoint back at the same URL, no
+page overflows at 400 px, and the organization's spend survives the remove. Screenshots of
+every page at 1400 and 400 px land in test-artifacts/.
 
 Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright's Python package;
 no browser is downloaded.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,6 +88,10 @@ def browser() -> Iterator[object]:
             yield b
         finally:
             b.close()
+
+
+def _dollars(text: str) -> float:
+    return float(text.strip().removeprefix("$").replace(",", ""))
 
 
 def run_example(code: str, key: str, python: bool = False) -> str:
@@ -161,7 +169,8 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
     bad_input("#f-idle", "-3", "idle_stop_minutes", "invalid_idle_stop", "")
     # Submitting a bad form re-renders it with the errors inline (422), never a stack trace.
     page.fill("#f-name", "Bad_Name!")
-    page.click("#create-submit")
+    expect(page.locator("#create-submit")).to_be_disabled()  # not while the form shows a problem
+    page.locator("#create-form").evaluate("form => form.requestSubmit()")
     expect(page.locator("#error-name [data-code='invalid_name']")).to_be_visible()
     assert "Traceback" not in page.content()
     assert e2e.registry.find_endpoint(e2e.org_id, "Bad_Name!") is None
@@ -208,9 +217,35 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
     python_code = page.evaluate("navigator.clipboard.readText()")
     assert "completions.create(model='console-e2e'" in python_code
     run_example(python_code, e2e.api_key, python=True)  # exits 0: the call went through
-    page.reload()  # the screenshot shows the two requests just made
+    # ---- the playground: a streamed answer through the gateway with the signed-in key ----
+    page.reload()
+    expect(page.locator("#pg-key-row")).to_be_hidden()  # signing in left the key in this tab
+    page.fill("#pg-prompt", "Say hello.")
+    page.fill("#pg-max-tokens", "8")
+    page.click("#pg-send")
+    stats = page.locator("#pg-stats")
+    expect(stats).to_have_attribute("data-done", "true", timeout=60_000)
+    expect(page.locator("#pg-error")).to_be_empty()
+    streamed = page.locator("#pg-output").inner_text()
+    assert streamed.strip(), "the playground showed no text"
+    assert int(stats.get_attribute("data-ttft-ms") or "-1") >= 0 and int(stats.get_attribute("data-tokens") or 0) >= 1
+    print(f"[console] playground: {stats.inner_text()!r}, text {streamed!r}")
+    assert "Time to first token" in stats.inner_text() and "tokens/s" in stats.inner_text()
+    page.reload()  # the screenshot shows the three requests just made
     expect(page.locator("#effective [data-field='max_model_len']")).to_have_text("1024")
     page.screenshot(path=str(ARTIFACTS / "console-detail.png"), full_page=True)
+
+    # ---- the Logs tab: the engine's own lines, live, with a link to the Prefect run ----
+    page.click("#logs-tab")
+    expect(page).to_have_url(f"{console_url}/endpoints/{NAME}?tab=logs")
+    expect(page.locator("#log-lines")).to_be_visible()
+    page.click("a:has-text('last 2000')")
+    expect(page.locator("#log-lines")).to_contain_text("Application startup complete")
+    flow_run = e2e.registry.runs.get(e2e.endpoint(NAME).live_run or "")
+    assert flow_run is not None and flow_run.flow_run_id
+    expect(page.locator("#prefect-run-link")).to_have_attribute("href", re.compile(
+        rf"/runs/flow-run/{flow_run.flow_run_id}$"))
+    page.screenshot(path=str(ARTIFACTS / "console-logs.png"), full_page=True)
 
     # ---- the list: status, model, URL, request count, cost ----
     page.goto(f"{console_url}/endpoints")
@@ -220,13 +255,38 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
     expect(row).to_contain_text(f"{e2e.url(NAME)}/v1")
     requests_cell = row.locator("td[data-label='Requests']")
     page.reload()
-    assert int(requests_cell.inner_text()) >= 2, "both example requests are counted by the gateway"
+    assert int(requests_cell.inner_text()) >= 3, "both examples and the playground's call are counted"
     page.screenshot(path=str(ARTIFACTS / "console-list.png"), full_page=True)
-    phone = context.new_page()
-    phone.set_viewport_size({"width": 390, "height": 844})
-    phone.goto(f"{console_url}/endpoints")
-    phone.screenshot(path=str(ARTIFACTS / "console-list-phone.png"), full_page=True)
-    phone.close()
+    for width in (1400, 400):
+        wide = context.new_page()
+        wide.set_viewport_size({"width": width, "height": 900})
+        for slug, path in (("list", "/endpoints"), ("create", "/endpoints/new"),
+                           ("detail", f"/endpoints/{NAME}"), ("metrics", f"/endpoints/{NAME}?tab=metrics"),
+                           ("logs", f"/endpoints/{NAME}?tab=logs"), ("checkpoints", "/checkpoints"),
+                           ("keys", "/keys"), ("not-found", "/no-such-page")):
+            wide.goto(f"{console_url}{path}")
+            wide.wait_for_load_state("networkidle")
+            overflow = wide.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert overflow[0] <= overflow[1], f"{path} overflows at {width} px: {overflow}"
+            wide.screenshot(path=str(ARTIFACTS / f"console-{slug}-{width}.png"), full_page=True)
+        wide.close()
+
+    # ---- stop it, then Start on its page brings it back at the same URL ----
+    first_id = e2e.endpoint(NAME).id
+    row.locator("button[data-action='stop']").click()
+    expect(row.locator(".badge")).to_have_text("stopped", timeout=120_000)
+    page.goto(f"{console_url}/endpoints/{NAME}")
+    expect(page.locator("#pg-off")).to_contain_text("start it to try it here")
+    page.click("button[data-action='start']")
+    expect(page.locator(".flash-ok")).to_contain_text("Starting")
+    expect(page.locator("#status-badge")).to_have_text("healthy", timeout=300_000)
+    again = e2e.endpoint(NAME)
+    assert again.id == first_id and again.status == "healthy"
+    page.reload()
+    expect(page.locator("#path-url")).to_have_text(f"{e2e.url(NAME)}/v1")
+    answer = json.loads(run_example(copied, e2e.api_key))  # the same copied example, unchanged
+    assert answer["model"] == NAME, answer
+    page.goto(f"{console_url}/endpoints")
 
     # ---- delete the checkpoint while the endpoint serves it: held ----
     page.goto(f"{console_url}/checkpoints")
@@ -262,8 +322,13 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
 
     # ---- remove it: the name is free again ----
     page.goto(f"{console_url}/endpoints")
+    spent_before = page.locator("#org-cost").inner_text()
     row.locator("button[data-action='remove']").click()
     expect(row).to_have_count(0)
+    page.reload()
+    spent_after = page.locator("#org-cost").inner_text()
+    print(f"[console] organization spend before/after the remove: {spent_before} / {spent_after}")
+    assert _dollars(spent_after) >= _dollars(spent_before) > 0, "spend history never disappears"
     assert e2e.registry.find_endpoint(e2e.org_id, NAME) is None
     assert not page_errors, f"JavaScript errors on the pages: {page_errors}"
     context.close()

@@ -302,7 +302,8 @@ async def _receive(request: Request, path: Path) -> None:
 
 def _create_input(body: schemas.CreateEndpointIn) -> CreateInput:
     return CreateInput(CreateRequest(body.name, body.checkpoint, body.instance, body.max_context,
-                                     body.precision, body.quantization), body.idle_stop_minutes)
+                                     body.precision, body.quantization), body.idle_stop_minutes,
+                       body.min_replicas, body.max_replicas, body.scale_target, body.scale_down_after_s)
 
 
 def _event(ev: ActivityEvent, names: dict[str, str]) -> dict[str, Any]:

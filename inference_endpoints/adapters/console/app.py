@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,10 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from inference_endpoints.adapters.console import api, pages
+from inference_endpoints.adapters.console import api, create_form, detail_tabs, pages
 from inference_endpoints.adapters.console.config import ConsoleSettings
 from inference_endpoints.adapters.console.guard import ApiGuard
 from inference_endpoints.adapters.console.orchestrator import Orchestrator, PrefectOrchestrator
+from inference_endpoints.adapters.console.queries import org_for_session
 from inference_endpoints.adapters.console.service import (
     ConsoleDeps,
     ConsoleService,
@@ -28,7 +30,13 @@ from inference_endpoints.adapters.console.service import (
     Unavailable,
 )
 from inference_endpoints.adapters.console.traffic import TrafficSource
-from inference_endpoints.adapters.console.web import CsrfRejected, SignInRequired, context, make_templates
+from inference_endpoints.adapters.console.web import (
+    SESSION_KEY,
+    CsrfRejected,
+    SignInRequired,
+    context,
+    make_templates,
+)
 from inference_endpoints.core.errors import Problem, RequestInvalid, StorageFull
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import CheckpointStore, LocalCheckpointStore
@@ -37,6 +45,7 @@ from inference_endpoints.settings import Settings
 log = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 STATIC_DIR = Path(__file__).parent / "static"
+FAVICON = STATIC_DIR / "favicon.svg"
 # Only these files of node_modules are served (not the whole tree).
 VENDOR = {
     "htmx.min.js": "htmx.org/dist/htmx.min.js",
@@ -72,9 +81,12 @@ def create_app(settings: Settings | None = None, *, console: ConsoleSettings | N
                        max_body=console.max_body_bytes,
                        uploads={api.UPLOAD_PATH: console.max_upload_bytes})  # added last: outermost
     app.include_router(api.router)
+    app.include_router(create_form.router)  # before the pages: /endpoints/new is not an endpoint
     app.include_router(pages.router)
+    app.include_router(detail_tabs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _vendor_routes(app)
+    _favicon_route(app)
     _service_discovery(app, registry)
     _error_handlers(app)
     return app
@@ -92,6 +104,16 @@ def _vendor_routes(app: FastAPI) -> None:
                             media_type="application/javascript")
         return FileResponse(path, media_type="application/javascript",
                             headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _favicon_route(app: FastAPI) -> None:
+    """Browsers ask for /favicon.ico whatever the page links: answer the SVG rather than a 404."""
+    from fastapi.responses import FileResponse
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return FileResponse(FAVICON, media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
 
 def _service_discovery(app: FastAPI, registry: Registry) -> None:
@@ -113,9 +135,38 @@ def _problems(status: int, problems: list[Problem], extra: dict[str, object] | N
                                                      **(extra or {})})
 
 
+def sign_in_target(request: Request) -> str:
+    """/signin?next=<the page asked for, query included>, encoded so `?tab=…&window=…` survives.
+
+    An htmx fragment's own path is no page to come back to: its page (HX-Current-URL) is.
+    """
+    path, query = request.url.path, request.url.query
+    current = request.headers.get("hx-current-url") if request.headers.get("hx-request") == "true" else None
+    if current:
+        parts = urlsplit(current)
+        if parts.path.startswith("/"):
+            path, query = parts.path, parts.query
+    target = f"{path}?{query}" if query else path
+    return "/signin?next=" + quote(target, safe="/")
+
+
+def session_org(request: Request) -> None:
+    """Error pages of routes that never ran `page_org` (unknown paths): find the signed-in org
+    anyway, so the page keeps its navigation. Best effort: an error page must never fail."""
+    if getattr(request.state, "org", None) is not None or "session" not in request.scope:
+        return
+    try:
+        key_hash = request.session.get(SESSION_KEY)
+        if isinstance(key_hash, str):
+            request.state.org = org_for_session(request.app.state.service.registry, key_hash)
+    except Exception:  # the registry may be what failed
+        log.debug("no org for the error page of %s", request.url.path, exc_info=True)
+
+
 def _error_handlers(app: FastAPI) -> None:
     def page_error(request: Request, status: int, title: str, message: str) -> Response:
         templates = request.app.state.templates
+        session_org(request)
         response: Response = templates.TemplateResponse(
             request, "error.html", context(request, title=title, message=message), status_code=status)
         return response
@@ -152,7 +203,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SignInRequired)
     def sign_in_required(request: Request, exc: SignInRequired) -> Response:
-        target = f"/signin?next={request.url.path}"
+        target = sign_in_target(request)
         if request.headers.get("hx-request") == "true":
             return Response(status_code=200, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
@@ -176,8 +227,11 @@ def _error_handlers(app: FastAPI) -> None:
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if _api(request):
             return _problems(exc.status_code, [Problem("http_" + str(exc.status_code), "", str(exc.detail))])
-        return page_error(request, exc.status_code, "Not found" if exc.status_code == 404 else "Error",
-                          str(exc.detail))
+        if exc.status_code == 404:
+            detail = str(exc.detail)
+            message = f"There is no page at {request.url.path}." if detail == "Not Found" else detail
+            return page_error(request, 404, "Not found", message)
+        return page_error(request, exc.status_code, "Error", str(exc.detail))
 
     @app.exception_handler(Exception)
     def unexpected(request: Request, exc: Exception) -> Response:

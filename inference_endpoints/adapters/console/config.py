@@ -28,6 +28,14 @@ class ConsoleSettings(BaseSettings):
     prometheus_url: str | None = None  # default: the metrics package's (IE_PROMETHEUS_URL / port)
     # Secure cookies need https; on by default only when the console is not on loopback.
     secure_cookies: bool | None = None
+    prefect_ui_url: str | None = None  # links to serve runs; default: PREFECT_API_URL without /api
+
+    def prefect_ui(self) -> str | None:
+        """Where Prefect's UI answers, for links to a serve run's flow run (None: unknown)."""
+        if self.prefect_ui_url:
+            return self.prefect_ui_url.rstrip("/")
+        api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+        return api.removesuffix("/api") if api.endswith("/api") else None
 
     def prometheus(self) -> str:
         if self.prometheus_url:

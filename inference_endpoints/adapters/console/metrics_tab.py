@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from inference_endpoints.adapters.console.charts import charts_payload
+
 WINDOWS = ("15m", "1h", "6h", "24h")
 
 
@@ -20,11 +22,21 @@ WINDOWS = ("15m", "1h", "6h", "24h")
 class MetricsResult:
     available: bool
     message: str
-    data: Any = None
+    data: Any = None  # the report as the JSON API returns it
+    charts: dict[str, Any] | None = None  # what the page draws (charts.charts_payload)
 
     def json(self) -> str:
-        """For a <script type="application/json"> block: `</` cannot end the script early."""
-        return json.dumps(self.data, default=str).replace("</", "<\\/")
+        """The report, for a <script type="application/json"> block."""
+        return _script_json(self.data)
+
+    def charts_json(self) -> str:
+        """The chart specs, for the block console.js draws from."""
+        return _script_json(self.charts if self.charts is not None else {"charts": []})
+
+
+def _script_json(value: Any) -> str:
+    """No `<` at all (still valid JSON), so neither `</script>` nor `<!--` can end the block early."""
+    return json.dumps(value, default=str).replace("<", "\\u003c")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -71,4 +83,5 @@ def load_series(prometheus_url: str, org: str, endpoint: str, window: str,
         if prometheus_url not in text:
             text = f"Prometheus at {prometheus_url} did not answer: {text}"
         return MetricsResult(False, text)
-    return MetricsResult(True, "", to_jsonable(data))
+    report = to_jsonable(data)
+    return MetricsResult(True, "", report, charts_payload(report))

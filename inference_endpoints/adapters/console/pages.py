@@ -17,10 +17,8 @@ from inference_endpoints.adapters.console.metrics_tab import WINDOWS, load_serie
 from inference_endpoints.adapters.console.queries import session_key_hash
 from inference_endpoints.adapters.console.service import (
     ConsoleService,
-    CreateInput,
     NotFound,
     Unavailable,
-    Validation,
 )
 from inference_endpoints.adapters.console.views import CHANGING, EndpointView
 from inference_endpoints.adapters.console.web import (
@@ -35,16 +33,13 @@ from inference_endpoints.adapters.console.web import (
 )
 from inference_endpoints.core.cost import hourly_burn
 from inference_endpoints.core.errors import Problem, RequestInvalid
-from inference_endpoints.core.status import Precision, Quantization
-from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Organization
 from inference_endpoints.services.replicas import replica_rows
 
 Svc = Annotated[ConsoleService, Depends(page_service)]
 Org = Annotated[Organization, Depends(page_org)]
 Csrf = Depends(check_csrf)
-FORM_FIELDS = ("name", "checkpoint", "instance", "max_context", "precision", "quantization",
-               "idle_stop_minutes")
+Field = Annotated[str, Form()]
 STATUS_FILTERS = {"all": [], "ended": ["stopped", "failed"],
                   "active": ["pending", "deploying", "loading", "healthy", "unhealthy", "stopping"]}
 PAGE_SIZE = 50
@@ -160,79 +155,6 @@ def _stop_or_remove(request: Request, svc: ConsoleService, org: Organization, na
     return redirect(f"/endpoints/{name}" if f"/endpoints/{name}" in back and not remove else "/endpoints")
 
 
-# ---- create ------------------------------------------------------------------------------------
-
-def _form_context(svc: ConsoleService, org: Organization, values: dict[str, Any],
-                  result: Validation | None) -> dict[str, Any]:
-    errors: dict[str, list[Problem]] = {}
-    other: list[Problem] = []
-    for p in result.problems if result else []:
-        (errors.setdefault(p.field, []) if p.field in FORM_FIELDS else other).append(p)
-    checkpoints = [row for row, _ in svc.checkpoints(org)]
-    return {"values": values, "errors": errors, "other_errors": other,
-            "fit_rows": result.fit_rows if result else [], "fits": bool(result and result.fit and
-                                                                        result.fit.fits),
-            "checked": result is not None, "ok": bool(result and result.ok),
-            "checkpoints": checkpoints, "instances": list(svc.registry.instances().values()),
-            "precisions": [p.value for p in Precision], "quantizations": [q.value for q in Quantization],
-            "fields": FORM_FIELDS}
-
-
-def _form_input(values: dict[str, Any]) -> CreateInput:
-    return CreateInput(CreateRequest(values["name"], values["checkpoint"], values["instance"],
-                                     values["max_context"], values["precision"], values["quantization"]),
-                       values["idle_stop_minutes"])
-
-
-def _values(name: str, checkpoint: str, instance: str, max_context: str, precision: str,
-            quantization: str, idle_stop_minutes: str) -> dict[str, Any]:
-    return {"name": name.strip(), "checkpoint": checkpoint, "instance": instance,
-            "max_context": max_context.strip(), "precision": precision, "quantization": quantization,
-            "idle_stop_minutes": idle_stop_minutes.strip()}
-
-
-Field = Annotated[str, Form()]
-
-
-@router.get("/endpoints/new")
-def new_endpoint_page(request: Request, org: Org, svc: Svc, checkpoint: str = "") -> HTMLResponse:
-    values = _values("", checkpoint, "cpu-dev", "1024", "auto", "none", "")
-    ctx = _form_context(svc, org, values, None)
-    if not checkpoint and ctx["checkpoints"]:
-        values["checkpoint"] = ctx["checkpoints"][-1].id  # the newest one
-    return render(request, "new_endpoint.html", **ctx)
-
-
-@router.post("/endpoints/new/validate", dependencies=[Csrf])
-def validate_fragment(request: Request, org: Org, svc: Svc, name: Field = "", checkpoint: Field = "",
-                      instance: Field = "", max_context: Field = "", precision: Field = "auto",
-                      quantization: Field = "none", idle_stop_minutes: Field = "") -> HTMLResponse:
-    values = _values(name, checkpoint, instance, max_context, precision, quantization, idle_stop_minutes)
-    result = svc.validate(org, _form_input(values))
-    return render(request, "_validation.html", **_form_context(svc, org, values, result))
-
-
-@router.post("/endpoints/new", dependencies=[Csrf])
-def create(request: Request, org: Org, svc: Svc, name: Field = "", checkpoint: Field = "",
-           instance: Field = "", max_context: Field = "", precision: Field = "auto",
-           quantization: Field = "none", idle_stop_minutes: Field = "",
-           idempotency_key: Field = "") -> Response:
-    values = _values(name, checkpoint, instance, max_context, precision, quantization, idle_stop_minutes)
-    try:
-        view = svc.create(org, _form_input(values), idempotency_key or None)
-    except RequestInvalid as exc:
-        result = svc.validate(org, _form_input(values))
-        if result.ok:  # e.g. the name was taken between the check and the write
-            result = Validation(exc.problems, None, [], None)
-        return render(request, "new_endpoint.html", 422, **_form_context(svc, org, values, result))
-    except Unavailable as exc:
-        ctx = _form_context(svc, org, values, None)
-        ctx["other_errors"] = [exc.problem]
-        return render(request, "new_endpoint.html", 503, **ctx)
-    flash(request, "ok", f"Creating {view.name}: this page follows it until it is healthy.")
-    return redirect(f"/endpoints/{view.name}")
-
-
 # ---- detail ------------------------------------------------------------------------------------
 
 def _detail_context(svc: ConsoleService, org: Organization, name: str) -> dict[str, Any]:
@@ -260,14 +182,15 @@ def _phases(status: str, ep: Any) -> list[dict[str, Any]]:
 
 @router.get("/endpoints/{name}")
 def endpoint_page(request: Request, name: str, org: Org, svc: Svc, tab: str = "overview",
-                  window: str = "1h") -> HTMLResponse:
+                  window: str = "1h", lines: int = 100, replica: int | None = None) -> HTMLResponse:
     try:
         ctx = _detail_context(svc, org, name)
     except NotFound as exc:
         return render(request, "error.html", 404, title="Not found", message=exc.problem.message)
     row = ctx["row"]
     view: EndpointView = ctx["ep"]
-    return render(request, "endpoint.html", tab="metrics" if tab == "metrics" else "overview",
+    return render(request, "endpoint.html", tab=tab if tab in ("metrics", "logs") else "overview",
+                  log_lines=lines, log_replica=replica,
                   window=window if window in WINDOWS else "1h", windows=WINDOWS,
                   config=svc.serving_config(row),
                   effective=svc.effective_values(row) if view.status in ("healthy", "unhealthy") else None,

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from inference_endpoints.core.validation import DEFAULT_INSTANCE, DEFAULT_MAX_CONTEXT
+
 
 class ProblemOut(BaseModel):
     code: str
@@ -24,14 +26,25 @@ class ProblemsOut(BaseModel):
     fit: dict[str, str] | None = None
 
 
-class CreateEndpointIn(BaseModel):
+class ScalingIn(BaseModel):
+    """The autoscaler's fields, the same on create and on scale."""
+
+    max_replicas: Any = Field(default=None, description="Autoscale up to this many (default: min_replicas)",
+                              json_schema_extra={"type": "integer"})
+    scale_target: Any = Field(default=None, description="Requests in flight per replica (default 4)",
+                              json_schema_extra={"type": "number"})
+    scale_down_after_s: Any = Field(default=None, description="Cooldown before scaling down (default 300)",
+                                    json_schema_extra={"type": "integer"})
+
+
+class CreateEndpointIn(ScalingIn):
     name: Any = Field(description="DNS label, unique in the organization; part of the URL",
                       json_schema_extra={"type": "string", "example": "support-bot"})
     checkpoint: Any = Field(description="Checkpoint id or name (your organization's)",
                             json_schema_extra={"type": "string", "example": "demo-tiny-llama"})
-    instance: Any = Field(default="cpu-dev", description="Instance type (GET /api/v1/instances)",
+    instance: Any = Field(default=DEFAULT_INSTANCE, description="Instance type (GET /api/v1/instances)",
                           json_schema_extra={"type": "string"})
-    max_context: Any = Field(default=2048, description="Maximum context length in tokens",
+    max_context: Any = Field(default=DEFAULT_MAX_CONTEXT, description="Maximum context length in tokens",
                              json_schema_extra={"type": "integer"})
     precision: Any = Field(default="auto", description="auto, bfloat16, float16 or float32",
                            json_schema_extra={"type": "string"})
@@ -39,6 +52,8 @@ class CreateEndpointIn(BaseModel):
                               "compressed-tensors", json_schema_extra={"type": "string"})
     idle_stop_minutes: Any = Field(default=None, description="Stop after this many idle minutes "
                                    "(empty: never)", json_schema_extra={"type": "integer"})
+    min_replicas: Any = Field(default=1, description="Engines kept serving (1 to 8)",
+                              json_schema_extra={"type": "integer"})
 
 
 class IdleStopIn(BaseModel):
@@ -129,15 +144,9 @@ class ReplicaRunOut(BaseModel):
     ready_at: datetime | None
 
 
-class ScaleIn(BaseModel):
+class ScaleIn(ScalingIn):
     min_replicas: Any = Field(description="Engines kept serving (1 to 8)",
                               json_schema_extra={"type": "integer"})
-    max_replicas: Any = Field(default=None, description="Autoscale up to this many (default: min_replicas)",
-                              json_schema_extra={"type": "integer"})
-    scale_target: Any = Field(default=None, description="Requests in flight per replica (default 4)",
-                              json_schema_extra={"type": "number"})
-    scale_down_after_s: Any = Field(default=None, description="Cooldown before scaling down (default 300)",
-                                    json_schema_extra={"type": "integer"})
 
 
 class EndpointOut(BaseModel):

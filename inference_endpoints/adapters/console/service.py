@@ -91,6 +91,19 @@ class ConsoleDeps:
 class CreateInput:
     request: CreateRequest
     idle_stop_minutes: Any = None
+    min_replicas: Any = 1
+    max_replicas: Any = None  # None: min_replicas
+    scale_target: Any = None
+    scale_down_after_s: Any = None
+
+    @property
+    def replicas(self) -> tuple[Any, Any]:
+        return self.min_replicas, self.max_replicas if self.max_replicas is not None else self.min_replicas
+
+    def scaling_problems(self) -> list[Problem]:
+        from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
+
+        return replica_problems(*self.replicas) + scaling_problems(self.scale_target, self.scale_down_after_s)
 
 
 @dataclass(frozen=True)
@@ -206,7 +219,7 @@ class ConsoleService:
 
     def _plan(self, org: Organization, data: CreateInput,
               model_root_for: Callable[[str, str], str]) -> Validation:
-        problems = idle_stop_problems(data.idle_stop_minutes)
+        problems = idle_stop_problems(data.idle_stop_minutes) + data.scaling_problems()
         try:
             plan = plan_create(self.registry, org.id, data.request, model_root_for)
         except RequestInvalid as exc:
@@ -244,10 +257,16 @@ class ConsoleService:
         minutes = parse_idle_minutes(data.idle_stop_minutes)
         if minutes is not None:
             self.registry.update_endpoint(ep.id, idle_stop_minutes=minutes)
+        scaling = {"min_replicas": data.replicas[0], "max_replicas": data.replicas[1],
+                   "scale_target": data.scale_target, "scale_down_after_s": data.scale_down_after_s}
+        if data.replicas != (1, 1) or (data.scale_target, data.scale_down_after_s) != (None, None):
+            self.registry.runs.scale(ep.id, *data.replicas, data.scale_target, data.scale_down_after_s)
+        else:
+            scaling = {}  # the flow's defaults
         params = {"name": plan.request.name, "checkpoint": plan.request.checkpoint.id,
                   "instance": plan.request.instance.name, "max_context": plan.request.max_context,
                   "precision": plan.request.precision, "quantization": plan.request.quantization,
-                  "org": org.name, "idempotency_key": key}
+                  "org": org.name, "idempotency_key": key, **scaling}
         try:
             run_id = self.deps.orchestrator.submit_create(params, key)
         except SubmitError as exc:

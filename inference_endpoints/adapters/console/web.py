@@ -9,6 +9,7 @@ requests as the `X-CSRF-Token` header.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -129,10 +130,34 @@ def fmt_bytes(value: int | None) -> str:
     return f"{value} B"
 
 
+# The CLI's flags, as the create form names the same fields: a hint on a page speaks the page.
+FORM_LABELS = {"max-context": "max context", "precision": "precision", "instance": "instance",
+               "quantization": "quantization", "name": "name", "checkpoint": "checkpoint",
+               "idle-stop-minutes": "idle auto-stop", "min-replicas": "min replicas",
+               "max-replicas": "max replicas", "scale-target": "target per replica"}
+_FLAG = re.compile(r"`?--([a-z][a-z-]*)(?:[ =]([^\s`]+))?`?")
+
+
+def form_words(text: str | None) -> str:
+    """'Use --max-context 2048 or less' -> 'Use max context 2048 or less' (the form's field)."""
+    if not text:
+        return ""
+
+    def label(match: re.Match[str]) -> str:
+        name = FORM_LABELS.get(match.group(1))
+        if name is None:
+            return match.group(0)
+        value = match.group(2)
+        return f"{name} {value}" if value else name
+
+    return _FLAG.sub(label, text)
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     env = templates.env
-    env.filters.update(money=fmt_money, duration=fmt_duration, time=fmt_time, bytes=fmt_bytes)
+    env.filters.update(money=fmt_money, duration=fmt_duration, time=fmt_time, bytes=fmt_bytes,
+                       form_words=form_words)
     env.globals.update(csrf_token=csrf_token)
     return templates
 

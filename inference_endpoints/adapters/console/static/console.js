@@ -1,5 +1,6 @@
 // The console's own behaviour: copy buttons, field highlighting after inline validation,
-// and drawing the metrics tab's series with Chart.js (loaded from node_modules when present).
+// the Create button's state, and drawing the metrics tab's charts (specs from charts.py) with
+// Chart.js (loaded from node_modules when present).
 (function () {
   "use strict";
 
@@ -35,27 +36,156 @@
     });
   });
 
+  // The Create button follows the inline validation: disabled while #check-result says
+  // data-ok="false" (problems to fix), enabled when it passes or before any check ran.
+  function syncCreateButton() {
+    const button = document.getElementById("create-submit");
+    if (!button) return;
+    const result = document.getElementById("check-result");
+    const blocked = !!result && result.dataset.ok === "false";
+    button.disabled = blocked;
+    button.title = blocked ? "Fix the problems listed under \u201cChecks and fit estimate\u201d first." : "";
+    if (blocked) button.setAttribute("aria-describedby", "check-result");
+    else button.removeAttribute("aria-describedby");
+  }
+
   // After inline validation, mark the fields that have errors.
   document.addEventListener("htmx:afterSettle", function () {
     document.querySelectorAll("#create-form [name]").forEach(function (input) {
       const errors = document.getElementById("error-" + input.name);
       if (errors) input.classList.toggle("invalid", errors.textContent.trim().length > 0);
     });
+    syncCreateButton();
     drawCharts();
   });
 
-  // Metrics: accepts {series: [...]}, a list of {title|name, unit, points|values: [[t, v], ...]},
-  // or {name: [[t, v], ...]}; one chart per series, or a plain note when a window has no data.
-  function seriesList(data) {
-    if (data && !Array.isArray(data) && Array.isArray(data.series)) data = data.series;
-    if (Array.isArray(data)) return data;
-    if (data && typeof data === "object") {
-      return Object.keys(data).map(function (k) {
-        const v = data[k];
-        return Array.isArray(v) ? { name: k, points: v } : Object.assign({ name: k }, v);
-      });
+  // Charts about to be replaced (the metrics tab refreshes itself): free their Chart.js instances.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const target = event.detail && event.detail.target;
+    if (!target || !window.Chart || typeof window.Chart.getChart !== "function") return;
+    target.querySelectorAll("canvas").forEach(function (canvas) {
+      const chart = window.Chart.getChart(canvas);
+      if (chart) chart.destroy();
+    });
+  });
+
+  // ---- metrics: specs from charts.py (one per chart group, values already in display units) ----
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  // 24-hour UTC "HH:MM" (":SS" too for tooltips) from unix seconds: the same for every viewer.
+  function utcLabel(seconds, withSeconds) {
+    const d = new Date(Number(seconds) * 1000);
+    if (isNaN(d.getTime())) return "";
+    return pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + (withSeconds ? ":" + pad(d.getUTCSeconds()) : "");
+  }
+
+  function formatValue(value) {
+    const v = Number(value);
+    if (!isFinite(v)) return "";
+    const abs = Math.abs(v);
+    const digits = abs >= 100 ? 0 : abs >= 10 ? 1 : abs >= 1 ? 2 : abs >= 0.01 ? 3 : 5;
+    return v.toLocaleString("en-US", { maximumFractionDigits: digits });
+  }
+
+  const COLORS = ["#2f5bd3", "#c2410c", "#15803d", "#7c3aed", "#b42318", "#0e7490"];
+
+  function readCharts(source) {
+    let data;
+    try { data = JSON.parse(source.textContent || "null"); } catch (e) { return []; }
+    return data && Array.isArray(data.charts) ? data.charts : [];
+  }
+
+  function chartBox(spec) {
+    const box = document.createElement("div");
+    box.className = "chart";
+    box.dataset.chart = spec.key || "";
+    const title = document.createElement("h3");
+    title.textContent = (spec.title || spec.key || "series") + (spec.unit ? " (" + spec.unit + ")" : "");
+    box.appendChild(title);
+    return box;
+  }
+
+  function note(box, text) {
+    const p = document.createElement("p");
+    p.className = "muted chart-empty";
+    p.textContent = text;
+    box.appendChild(p);
+  }
+
+  function chartConfig(spec) {
+    const x = spec.x || {};
+    const y = spec.y || {};
+    const ticks = Array.isArray(x.ticks) ? x.ticks : [];
+    const unit = spec.unit ? " " + spec.unit : "";
+    const datasets = (spec.datasets || []).map(function (d, i) {
+      const color = COLORS[i % COLORS.length];
+      return {
+        label: d.label || d.name || "",
+        data: (d.points || []).map(function (p) { return { x: Number(p[0]), y: Number(p[1]) }; }),
+        borderColor: color, backgroundColor: color, borderWidth: 2, tension: 0,
+        pointRadius: (d.points || []).length <= 12 ? 2 : 0, pointHoverRadius: 4, spanGaps: false,
+      };
+    });
+    const xScale = {
+      type: "linear", min: x.min, max: x.max,
+      title: { display: true, text: x.title || "Time (UTC)" },
+      ticks: { maxRotation: 0, autoSkip: true, callback: function (value) { return utcLabel(value, false); } },
+    };
+    if (ticks.length) {
+      xScale.afterBuildTicks = function (scale) {
+        scale.ticks = ticks.map(function (t) { return { value: Number(t.value) }; });
+      };
     }
-    return [];
+    const yScale = {
+      type: "linear", beginAtZero: y.min === 0,
+      title: { display: !!y.title, text: y.title || "" },
+      ticks: { callback: function (value) { return formatValue(value); } },
+    };
+    if (typeof y.min === "number") { yScale.min = y.min; yScale.suggestedMin = y.min; }
+    if (typeof y.suggested_max === "number") yScale.suggestedMax = y.suggested_max;
+    if (typeof y.precision === "number") yScale.ticks.precision = y.precision;
+    return {
+      type: "line",
+      data: { datasets: datasets },
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: true, aspectRatio: 2, parsing: false,
+        interaction: { mode: "index", intersect: false, axis: "x" },
+        scales: { x: xScale, y: yScale },
+        plugins: {
+          legend: { display: datasets.length > 1, position: "bottom" },
+          tooltip: {
+            enabled: true,
+            callbacks: {
+              title: function (items) { return items.length ? utcLabel(items[0].parsed.x, true) + " UTC" : ""; },
+              label: function (item) {
+                return (item.dataset.label ? item.dataset.label + ": " : "") + formatValue(item.parsed.y) + unit;
+              },
+            },
+          },
+        },
+      },
+    };
+  }
+
+  function drawChart(holder, spec) {
+    const box = chartBox(spec);
+    holder.appendChild(box);
+    const hasPoints = (spec.datasets || []).some(function (d) { return d.points && d.points.length; });
+    if (!hasPoints) { note(box, spec.empty_message || "No data in this window."); return; }
+    if (!window.Chart) { note(box, "Charts need Chart.js (scripts/setup-frontend.sh installs it)."); return; }
+    const canvas = document.createElement("canvas");
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", spec.aria_label || box.firstChild.textContent);
+    canvas.textContent = spec.aria_label || "";
+    box.appendChild(canvas);
+    try {
+      new window.Chart(canvas, chartConfig(spec));
+    } catch (e) {
+      canvas.remove();
+      note(box, "This chart could not be drawn.");
+      if (window.console) window.console.warn("chart", spec.key, e);
+    }
   }
 
   function drawCharts() {
@@ -63,36 +193,13 @@
     const source = document.getElementById("metrics-data");
     if (!holder || !source || holder.dataset.drawn) return;
     holder.dataset.drawn = "1";
-    let data;
-    try { data = JSON.parse(source.textContent); } catch (e) { return; }
-    seriesList(data).forEach(function (s) {
-      const box = document.createElement("div");
-      box.className = "chart";
-      const title = document.createElement("h3");
-      title.textContent = (s.title || s.name || "series") + (s.unit ? " (" + s.unit + ")" : "");
-      box.appendChild(title);
-      const points = s.points || s.values || [];
-      if (!points.length) {
-        const note = document.createElement("p");
-        note.className = "muted";
-        note.textContent = s.empty_message || "No requests in this window.";
-        box.appendChild(note);
-      } else if (window.Chart) {
-        const canvas = document.createElement("canvas");
-        box.appendChild(canvas);
-        new window.Chart(canvas, {
-          type: "line",
-          data: {
-            labels: points.map(function (p) { return new Date(p[0] * 1000).toLocaleTimeString(); }),
-            datasets: [{ label: s.name || "", data: points.map(function (p) { return Number(p[1]); }),
-                         pointRadius: 0, borderWidth: 2, tension: 0.2 }],
-          },
-          options: { animation: false, responsive: true, plugins: { legend: { display: false } } },
-        });
-      }
-      holder.appendChild(box);
-    });
+    const charts = readCharts(source);
+    if (!charts.length) { note(holder, "No series in this window."); return; }
+    charts.forEach(function (spec) { if (spec && typeof spec === "object") drawChart(holder, spec); });
   }
 
-  document.addEventListener("DOMContentLoaded", drawCharts);
+  document.addEventListener("DOMContentLoaded", function () {
+    syncCreateButton();
+    drawCharts();
+  });
 })();
