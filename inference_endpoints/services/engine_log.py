@@ -16,6 +16,8 @@ from inference_endpoints.core.engine_logs import root_cause
 from inference_endpoints.persistence.models import ServeRun
 
 MAX_TAIL_BYTES = 4 * 1024 * 1024  # a tail never reads more than this from the end of a log
+MAX_TAIL_LINES = 1_000_000
+BYTES_PER_LINE = 512  # a first guess at how far back `count` lines start (vLLM's lines are shorter)
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,16 @@ def last_lines(path: Path, count: int) -> tuple[list[str], int]:
     with path.open("rb") as fh:
         fh.seek(0, 2)
         size = fh.tell()
-        start = max(0, size - MAX_TAIL_BYTES)
-        fh.seek(start)
-        data = fh.read(size - start)
-    lines = data.decode(errors="replace").splitlines()
-    if start > 0 and lines:
-        lines = lines[1:]  # the first one is cut
+        window = min(MAX_TAIL_BYTES, max(64 * 1024, count * BYTES_PER_LINE))
+        while True:  # a window proportional to `count`, grown while it holds too few lines
+            start = max(0, size - window)
+            fh.seek(start)
+            lines = fh.read(size - start).decode(errors="replace").splitlines()
+            if start > 0 and lines:
+                lines = lines[1:]  # the first one is cut
+            if len(lines) >= count or start == 0 or window >= MAX_TAIL_BYTES:
+                break
+            window = min(MAX_TAIL_BYTES, window * 4)
     return (lines[-count:] if count > 0 else []), size
 
 
@@ -91,6 +97,10 @@ def tail(run: ServeRun, count: int) -> LogTail:
     if reason is not None or not run.log_path:
         return LogTail(run, None, unreadable=reason)
     path = Path(run.log_path)
-    lines, end = last_lines(path, count)
-    cause = root_cause(last_lines(path, 100_000)[0]) if failed(run) else None
-    return LogTail(run, path, lines, end, None, cause)
+    if not failed(run):
+        lines, end = last_lines(path, count)
+        return LogTail(run, path, lines, end)
+    # The root cause is the first specific exception, often well before the tail: one read of
+    # the whole (bounded) log serves both.
+    everything, end = last_lines(path, MAX_TAIL_LINES)
+    return LogTail(run, path, everything[-count:] if count > 0 else [], end, None, root_cause(everything))

@@ -28,7 +28,7 @@ from inference_endpoints.adapters.console.service import (
 )
 from inference_endpoints.adapters.console.web import flash
 from inference_endpoints.core.catalog import InstanceSpec
-from inference_endpoints.core.cost import RunningCost
+from inference_endpoints.core.cost import HOURS_PER_MONTH, RunningCost
 from inference_endpoints.core.errors import Problem, RequestInvalid
 from inference_endpoints.core.replica_counts import MAX_REPLICAS
 from inference_endpoints.core.status import Precision, Quantization
@@ -61,11 +61,11 @@ def _form_context(svc: ConsoleService, org: Organization, values: dict[str, Any]
 def cost_estimate(instance: InstanceSpec | None, values: dict[str, Any]) -> dict[str, Any]:
     """The price of what the form would start: min replicas, and max when it autoscales."""
     if instance is None:
-        return {"estimate": None, "estimate_max": None}
+        return {"hours_per_month": HOURS_PER_MONTH, "estimate": None, "estimate_max": None}
     low, high = _whole(values["min_replicas"] or "1"), _whole(values["max_replicas"] or "0")
     low = low if isinstance(low, int) and 1 <= low <= MAX_REPLICAS else 1
     most = high if isinstance(high, int) and low < high <= MAX_REPLICAS else None
-    return {"estimate": RunningCost(instance.price_per_hour, low),
+    return {"hours_per_month": HOURS_PER_MONTH, "estimate": RunningCost(instance.price_per_hour, low),
             "estimate_max": RunningCost(instance.price_per_hour, most) if most else None}
 
 

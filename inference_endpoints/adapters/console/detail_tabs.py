@@ -14,22 +14,17 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from inference_endpoints.adapters.console.pages import Org, Svc
 from inference_endpoints.adapters.console.service import ConsoleService
-from inference_endpoints.adapters.console.web import (
-    CSRF_KEY,
-    CsrfRejected,
-    context,
-    page_org,
-    page_service,
-)
+from inference_endpoints.adapters.console.web import CSRF_KEY, CsrfRejected, context
 from inference_endpoints.persistence.models import Organization
 from inference_endpoints.services.engine_log import pick_run, tail
+from inference_endpoints.urls import endpoint_urls
 
-Svc = Annotated[ConsoleService, Depends(page_service)]
-Org = Annotated[Organization, Depends(page_org)]
 LOG_LINES = (100, 500, 2000)
 PLAYGROUND_TIMEOUT_S = 120.0
 
@@ -83,6 +78,15 @@ def upstream_body(call: PlaygroundCall, model: str) -> tuple[str, dict[str, Any]
     return "/v1/completions", body
 
 
+def _target(svc: ConsoleService, org: Organization, name: str, key: str) -> tuple[str, str] | None:
+    """(the endpoint's path URL, its model name) when `key` is the org's; NotFound for no endpoint."""
+    owner = svc.registry.org_for_key(key) if key else None
+    if owner is None or owner.id != org.id:
+        return None
+    ep = svc.endpoint(org, name)
+    return endpoint_urls(ep.name, org.name, svc.deps.settings).path_url, ep.name
+
+
 def header_csrf(request: Request, x_csrf_token: Annotated[str, Header()] = "") -> None:
     """The CSRF check for a JSON body: the token comes as a header only (no form field)."""
     expected = request.session.get(CSRF_KEY)
@@ -95,16 +99,16 @@ def header_csrf(request: Request, x_csrf_token: Annotated[str, Header()] = "") -
 async def playground(name: str, call: PlaygroundCall, org: Org, svc: Svc,
                      authorization: Annotated[str, Header()] = "") -> Response:
     key = authorization.removeprefix("Bearer ").strip()
-    owner = svc.registry.org_for_key(key) if key else None
-    if owner is None or owner.id != org.id:
+    target = await run_in_threadpool(_target, svc, org, name, key)  # registry reads: off the loop
+    if target is None:
         return _refusal(401, "unauthorized", "The playground needs an API key of organization "
                         f"{org.name}.", "Paste one of its keys (Keys page); it stays in this browser tab.")
-    view = svc.view(org, name)
-    path, body = upstream_body(call, view.model)
+    base, model = target
+    path, body = upstream_body(call, model)
     client = httpx.AsyncClient(timeout=httpx.Timeout(PLAYGROUND_TIMEOUT_S, connect=5.0))
     try:
         upstream = await client.send(client.build_request(
-            "POST", f"{view.path_url}{path}", json=body,
+            "POST", f"{base}{path}", json=body,
             headers={"Authorization": f"Bearer {key}"}), stream=True)
     except httpx.HTTPError as exc:
         await client.aclose()

@@ -25,10 +25,6 @@ class MetricsResult:
     data: Any = None  # the report as the JSON API returns it
     charts: dict[str, Any] | None = None  # what the page draws (charts.charts_payload)
 
-    def json(self) -> str:
-        """The report, for a <script type="application/json"> block."""
-        return _script_json(self.data)
-
     def charts_json(self) -> str:
         """The chart specs, for the block console.js draws from."""
         return _script_json(self.charts if self.charts is not None else {"charts": []})

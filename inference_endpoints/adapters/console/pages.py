@@ -31,7 +31,7 @@ from inference_endpoints.adapters.console.web import (
     sign_in,
     sign_out,
 )
-from inference_endpoints.core.cost import hourly_burn
+from inference_endpoints.core.cost import HOURS_PER_MONTH, RunningCost, hourly_burn
 from inference_endpoints.core.errors import Problem, RequestInvalid
 from inference_endpoints.persistence.models import Organization
 from inference_endpoints.services.replicas import replica_rows
@@ -197,7 +197,8 @@ def endpoint_page(request: Request, name: str, org: Org, svc: Svc, tab: str = "o
                   examples=examples(view.path_url, view.model),
                   host_examples=examples(view.url, view.model),
                   base_domain=svc.deps.settings.base_domain,
-                  replica_runs=replica_rows(svc.registry, row), **ctx)
+                  replica_runs=replica_rows(svc.registry, row), hours_per_month=HOURS_PER_MONTH,
+                  running=RunningCost(view.cost.price_per_hour, int(view.replicas["wanted"])), **ctx)
 
 
 @router.post("/endpoints/{name}/scale", dependencies=[Csrf])

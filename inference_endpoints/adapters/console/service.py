@@ -257,12 +257,11 @@ class ConsoleService:
         minutes = parse_idle_minutes(data.idle_stop_minutes)
         if minutes is not None:
             self.registry.update_endpoint(ep.id, idle_stop_minutes=minutes)
-        scaling = {"min_replicas": data.replicas[0], "max_replicas": data.replicas[1],
-                   "scale_target": data.scale_target, "scale_down_after_s": data.scale_down_after_s}
+        scaling: dict[str, Any] = {}  # empty: the flow's defaults (one replica)
         if data.replicas != (1, 1) or (data.scale_target, data.scale_down_after_s) != (None, None):
             self.registry.runs.scale(ep.id, *data.replicas, data.scale_target, data.scale_down_after_s)
-        else:
-            scaling = {}  # the flow's defaults
+            scaling = {"min_replicas": data.replicas[0], "max_replicas": data.replicas[1],
+                       "scale_target": data.scale_target, "scale_down_after_s": data.scale_down_after_s}
         params = {"name": plan.request.name, "checkpoint": plan.request.checkpoint.id,
                   "instance": plan.request.instance.name, "max_context": plan.request.max_context,
                   "precision": plan.request.precision, "quantization": plan.request.quantization,
