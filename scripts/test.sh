@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# CI allows 90 min: the tests stop (and still print their report) by this deadline, see
+# tests/ci_budget.py; IE_SUITE_BUDGET_S=0 turns it off.
+budget=${IE_SUITE_BUDGET_S:-5100}
+if ((budget > 0)); then export IE_SUITE_DEADLINE=$((start + budget)); fi
+echo "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free where the tests run"
 bash scripts/setup.sh
 source scripts/lib.sh
 

@@ -12,6 +12,7 @@ from inference_endpoints.persistence.db import scratch_postgres
 from inference_endpoints.persistence.registry import Registry
 from tests.fake_kube_api import FakeKubeApi
 from tests.session_env import SESSION  # sets PREFECT_* before any Prefect import
+from tests.ci_budget import install as install_ci_budget
 from tests.skip_guard import install as install_skip_guard
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -49,8 +50,9 @@ def sqlite_registry(tmp_path: Path) -> Registry:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """No silent skips: a skip whose reason is not on tests/skip_allowlist.txt fails the run."""
+    """No silent skips (tests/skip_allowlist.txt); failures shown at once; the suite's deadline."""
     install_skip_guard(config)
+    install_ci_budget(config)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
