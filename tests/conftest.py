@@ -10,9 +10,9 @@ import pytest
 
 from inference_endpoints.persistence.db import scratch_postgres
 from inference_endpoints.persistence.registry import Registry
+from tests.ci_budget import install as install_ci_budget
 from tests.fake_kube_api import FakeKubeApi
 from tests.session_env import SESSION  # sets PREFECT_* before any Prefect import
-from tests.ci_budget import install as install_ci_budget
 from tests.skip_guard import install as install_skip_guard
 
 PG_ADMIN_URL = os.environ.get("IE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
