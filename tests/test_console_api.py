@@ -23,6 +23,7 @@ from inference_endpoints.adapters.console.orchestrator import SubmitError
 from inference_endpoints.adapters.console.traffic import Traffic
 from inference_endpoints.adapters.metrics import discovery
 from inference_endpoints.core.catalog import InstanceSpec
+from inference_endpoints.core.request_counts import RequestCounts
 from inference_endpoints.core.status import EndpointStatus
 from inference_endpoints.persistence.models import Organization
 from inference_endpoints.persistence.registry import Registry
@@ -235,12 +236,21 @@ def test_list_filters_paginates_and_totals_cost(world: World) -> None:
     for name in ("a1", "a2", "a3"):
         world.create(name)
     world.set_status("a1", EndpointStatus.DEPLOYING, EndpointStatus.LOADING, EndpointStatus.HEALTHY)
-    world.traffic.rows = {("default", "a1"): Traffic(7, 1, 0, None)}
+    world.traffic.rows = {("default", "a1"): Traffic(RequestCounts({"2xx": 6, "4xx": 3, "5xx": 1}, 2), 0, None)}
     page = world.client.get("/api/v1/endpoints?limit=2", headers=world.auth).json()
     assert page["total"] == 3 and len(page["items"]) == 2 and page["items"][0]["name"] == "a3"
     rest = world.client.get("/api/v1/endpoints?limit=2&offset=2", headers=world.auth).json()
     assert [e["name"] for e in rest["items"]] == ["a1"]
-    assert rest["items"][0]["traffic"]["requests"] == 7
+    traffic = rest["items"][0]["traffic"]
+    # one definition (core.request_counts): 4xx are rejections, errors are 5xx + broken streams
+    assert traffic["requests"] == 10 and traffic["errors"] == 3, traffic
+    assert traffic["by_class"] == {"2xx": 6, "4xx": 3, "5xx": 1, "broken_streams": 2, "ok": 4,
+                                   "rejected": 3, "errors": 3}, traffic
+    sign_in(world)
+    detail = world.client.get("/endpoints/a1")
+    assert detail.status_code == 200, detail.text
+    assert "10 requests: 4 ok, 3 rejected (4xx), 3 errors (5xx or broken off)" in detail.text
+    assert 'data-4xx="3"' in detail.text and 'data-errors="3"' in detail.text
     assert rest["items"][0]["model"]["base_model"] == "LlamaForCausalLM"
     healthy = world.client.get("/api/v1/endpoints?status=healthy", headers=world.auth).json()
     assert [e["name"] for e in healthy["items"]] == ["a1"]
@@ -510,7 +520,7 @@ def test_list_page_shows_status_model_url_requests_cost_and_actions(world: World
     world.create("ep1")
     world.create("ep2")
     world.set_status("ep1", EndpointStatus.DEPLOYING, EndpointStatus.LOADING, EndpointStatus.HEALTHY)
-    world.traffic.rows = {("default", "ep1"): Traffic(42, 0, 0, None)}
+    world.traffic.rows = {("default", "ep1"): Traffic(RequestCounts({"2xx": 42}), 0, None)}
     sign_in(world)
     html = world.client.get("/endpoints").text
     assert 'badge badge-healthy' in html and 'badge badge-pending' in html

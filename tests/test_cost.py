@@ -108,7 +108,8 @@ def test_traffic_source_infers_the_last_request_from_rising_counts() -> None:
     t1, t2, t3 = T0, T0 + timedelta(seconds=5), T0 + timedelta(seconds=10)
 
     def row(requests: int, **extra: Any) -> list[dict[str, object]]:
-        return [{"org": "o", "endpoint": "e", "requests": requests, "errors": 0, "in_flight": 0, **extra}]
+        return [{"org": "o", "endpoint": "e", "requests": requests, "errors": 0, "in_flight": 0,
+                 "by_class": {"2xx": requests}, **extra}]
 
     assert source._track(row(3), t1)[("o", "e")].last_request_at is None, "first sight: unknown"
     assert source._track(row(3), t2)[("o", "e")].last_request_at is None

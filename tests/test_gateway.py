@@ -454,7 +454,8 @@ def test_metrics_by_org_endpoint_and_status_class(world: World, client: httpx.Cl
     row = next(r for r in stats if r["endpoint"] == "counted")
     last = row.pop("last_request_at")
     assert row == {"org": "default", "endpoint": "counted", "in_flight": 0, "requests": 5,
-                   "errors": 0, "client_disconnects": 0}
+                   "errors": 0, "by_class": {"2xx": 3, "4xx": 2, "5xx": 0}, "broken_streams": 0,
+                   "client_disconnects": 0}
     assert abs(last - time.time()) < 60
     assert BACKEND_KEY not in json.dumps(stats) and world.upstream.url not in json.dumps(stats)
     # Endpoint hosts never expose the gateway's own pages.

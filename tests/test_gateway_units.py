@@ -144,6 +144,7 @@ def test_metrics_by_status_class_and_prometheus_text() -> None:
     (row,) = metrics.stats()["endpoints"]
     last = row.pop("last_request_at")
     assert row == {"org": "acme", "endpoint": "demo", "in_flight": 2, "requests": 6, "errors": 3,
+                   "by_class": {"2xx": 3, "4xx": 1, "5xx": 2}, "broken_streams": 1,
                    "client_disconnects": 0}
     assert isinstance(last, float) and abs(last - time.time()) < 60
 

@@ -81,7 +81,9 @@ UTILIZATION, MEM_USED, MEM_TOTAL, POWER = 0.37, 1.5e9, 8e9, 250.0
 
 EXPECTED = {
     "request_rate": sum(GATEWAY_RATES.values()),
-    "error_rate": 0.5 + 0.25 + BROKEN_STREAMS + 0.2 + 0.05,
+    **{f"requests_{c}": r for c, r in GATEWAY_RATES.items()},
+    # 5xx and broken-off streams only (core.request_counts): not 4xx, not engine aborts
+    "error_rate": GATEWAY_RATES["5xx"] + BROKEN_STREAMS,
     "latency_p50": 0.5 + 0.5 * (25 - 20) / 20,  # rank 25 of 50 in (0.5, 1.0]
     "latency_p95": 1.0 + 1.5 * (47.5 - 40) / 10,  # rank 47.5 in (1.0, 2.5]
     "ttft_p50": 0.05 + 0.05 * (25 - 10) / 35,

@@ -35,6 +35,9 @@ def endpoint_summary(ctx: Context, ep: Endpoint, traffic: dict[Any, Any] | None)
         # None: the gateway did not answer, so the counts are unknown (not zero)
         "in_flight": (stats.in_flight if stats else 0) if counted else None,
         "requests": (stats.requests if stats else 0) if counted else None,
+        # 5xx answers and broken-off streams; 4xx (the caller's own mistakes) are "rejected"
+        "errors": (stats.errors if stats else 0) if counted else None,
+        "rejected": (stats.counts.rejected if stats else 0) if counted else None,
         "url": f"{urls.url}/v1", "path_url": f"{urls.path_url}/v1",
         "created_at": iso(ep.created_at),
     }

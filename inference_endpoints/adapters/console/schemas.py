@@ -99,10 +99,23 @@ class UrlsOut(BaseModel):
     health_path: str
 
 
+class RequestCountsOut(BaseModel):
+    """Each status class apart; `errors` is 5xx plus broken-off streams, `rejected` the 4xx."""
+
+    status_2xx: int = Field(alias="2xx")
+    status_4xx: int = Field(alias="4xx")
+    status_5xx: int = Field(alias="5xx")
+    broken_streams: int
+    ok: int
+    rejected: int
+    errors: int
+
+
 class TrafficOut(BaseModel):
     requests: int
-    errors: int
+    errors: int = Field(description="5xx answers and streams the backend broke off (4xx are rejections)")
     in_flight: int
+    by_class: RequestCountsOut
     last_request_at: datetime | None
 
 

@@ -14,20 +14,29 @@ from datetime import UTC, datetime
 
 import httpx
 
-from inference_endpoints.adapters.gateway.stats import admin_headers, gateway_url
+from inference_endpoints.adapters.gateway.stats import admin_headers, gateway_url, parse_row
+from inference_endpoints.core.request_counts import RequestCounts
 from inference_endpoints.persistence.models import utcnow
 from inference_endpoints.settings import Settings
 
 
 @dataclass(frozen=True)
 class Traffic:
-    requests: int
-    errors: int
+    counts: RequestCounts
     in_flight: int
     last_request_at: datetime | None
 
+    @property
+    def requests(self) -> int:
+        return self.counts.total
 
-NO_TRAFFIC = Traffic(0, 0, 0, None)
+    @property
+    def errors(self) -> int:
+        """5xx answers and broken-off streams; 4xx are `counts.rejected` (core.request_counts)."""
+        return self.counts.errors
+
+
+NO_TRAFFIC = Traffic(RequestCounts(), 0, None)
 
 
 class TrafficSource:
@@ -70,17 +79,15 @@ class TrafficSource:
         for row in rows:
             try:
                 key = (str(row["org"]), str(row["endpoint"]))
-                requests = int(row["requests"])  # type: ignore[call-overload]
-                errors = int(row.get("errors", 0))  # type: ignore[call-overload]
-                in_flight = int(row.get("in_flight", 0))  # type: ignore[call-overload]
+                parsed = parse_row(row)
             except (KeyError, TypeError, ValueError):
                 continue
-            reported = row.get("last_request_at")
+            requests = parsed.requests
             previous, last = self._seen.get(key, (requests, None))
-            if isinstance(reported, int | float) and reported > 0:
-                last = datetime.fromtimestamp(float(reported), UTC)
-            elif requests > previous or in_flight > 0:
+            if parsed.last_request_at is not None:
+                last = datetime.fromtimestamp(parsed.last_request_at, UTC)
+            elif requests > previous or parsed.in_flight > 0:
                 last = now
             self._seen[key] = (requests, last)
-            result[key] = Traffic(requests, errors, in_flight, last)
+            result[key] = Traffic(parsed.counts, parsed.in_flight, last)
         return result

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from inference_endpoints.adapters.console.traffic import Traffic
+from inference_endpoints.adapters.console.traffic import NO_TRAFFIC, Traffic
 from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.core.cost import (
     CostSoFar,
@@ -123,7 +123,8 @@ class EndpointView:
                      "health": self.health_url, "health_path": self.health_path_url},
             "authentication": "Authorization: Bearer <your organization's API key>",
             "traffic": ({"requests": t.requests, "errors": t.errors, "in_flight": t.in_flight,
-                         "last_request_at": t.last_request_at} if t is not None else None),
+                         "by_class": t.counts.as_dict(), "last_request_at": t.last_request_at}
+                        if t is not None else None),
             "created_at": self.created_at, "healthy_at": self.healthy_at,
             "age_seconds": int(self.age.total_seconds()),
             "cost": {"so_far": self.cost.amount, "price_per_hour": self.cost.price_per_hour,
@@ -145,7 +146,7 @@ def build_view(ep: Endpoint, *, org_name: str, checkpoint: Checkpoint | None,
     urls = endpoint_urls(ep.name, org_name, settings)
     price = instance.price_per_hour if instance is not None else 0.0
     cost = endpoint_cost(spans, price, now)
-    seen = None if traffic is None else traffic.get((org_name, ep.name), Traffic(0, 0, 0, None))
+    seen = None if traffic is None else traffic.get((org_name, ep.name), NO_TRAFFIC)
     idle = decide_idle(status=ep.status, healthy_at=ep.healthy_at,
                        last_request_at=seen.last_request_at if seen else None,
                        in_flight=seen.in_flight if seen else 0, now=now, threshold=idle_threshold)

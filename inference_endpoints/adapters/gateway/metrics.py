@@ -21,14 +21,12 @@ from prometheus_client.core import (
     Metric,
 )
 
+from inference_endpoints.core.request_counts import STATUS_CLASSES, is_error, status_class
+
 # Seconds. Low buckets show gateway-only answers (401/404/503); high ones long generations.
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                               5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UNMATCHED = ("", "")  # requests for endpoints that do not exist: one series, bounded cardinality
-
-
-def status_class(status: int) -> str:
-    return f"{status // 100}xx"
 
 
 @dataclass(slots=True)
@@ -71,7 +69,7 @@ class GatewayMetrics:
         sees no increase until the second scrape), so a new endpoint's first burst vanished.
         """
         for org, endpoint in endpoints:
-            for klass in ("2xx", "4xx", "5xx"):
+            for klass in STATUS_CLASSES:
                 self.series.setdefault((org, endpoint, klass), Series())
             self.counters(org, endpoint)
 
@@ -83,12 +81,12 @@ class GatewayMetrics:
         if series is None:
             # Start every class at 0 the first time an endpoint is seen, so a later first
             # error is an increase Prometheus can rate rather than a series appearing at 1.
-            for klass in ("2xx", "4xx", "5xx"):
+            for klass in STATUS_CLASSES:
                 self.series.setdefault((org, endpoint, klass), Series())
             series = self.series.get(key) or self.series.setdefault(key, Series())
         self.counters(org, endpoint).last_request_at = time.time()
         series.requests += 1
-        if error or status >= 500:
+        if is_error(status, broken_off=error):
             series.errors += 1
         series.duration_sum += duration_s
         series.buckets[bisect.bisect_left(BUCKETS, duration_s)] += 1
@@ -127,23 +125,29 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
     def stats(self) -> dict[str, list[dict[str, object]]]:
-        """Per-endpoint totals for `/_gateway/stats` (names and counts only, no secrets)."""
-        totals: dict[tuple[str, str], list[int]] = {}  # requests, errors
-        for (org, endpoint, _), s in self.series.items():
-            row = totals.setdefault((org, endpoint), [0, 0])
-            row[0] += s.requests
-            row[1] += s.errors
-        keys = sorted((set(totals) | set(self.endpoints)) - {UNMATCHED})
+        """Per-endpoint totals for `/_gateway/stats` (names and counts only, no secrets).
+
+        `errors` is 5xx plus broken-off streams (`core.request_counts`); `by_class` has each
+        status class apart, `broken_streams` the 2xx answers the backend broke off."""
+        by_class: dict[tuple[str, str], dict[str, int]] = {}
+        broken: dict[tuple[str, str], int] = {}
+        for (org, endpoint, klass), s in list(self.series.items()):
+            counts = by_class.setdefault((org, endpoint), dict.fromkeys(STATUS_CLASSES, 0))
+            counts[klass] = counts.get(klass, 0) + s.requests
+            if klass != "5xx":  # a 5xx is an error by its status; below 500 it broke off
+                broken[(org, endpoint)] = broken.get((org, endpoint), 0) + s.errors
+        keys = sorted((set(by_class) | set(self.endpoints)) - {UNMATCHED})
         empty = EndpointCounters()
-        return {"endpoints": [
-            {"org": org, "endpoint": endpoint,
-             "in_flight": self.endpoints.get((org, endpoint), empty).in_flight,
-             "requests": totals.get((org, endpoint), [0, 0])[0],
-             "errors": totals.get((org, endpoint), [0, 0])[1],
-             "client_disconnects": self.endpoints.get((org, endpoint), empty).disconnects,
-             "last_request_at": self.endpoints.get((org, endpoint), empty).last_request_at}
-            for org, endpoint in keys
-        ]}
+        rows: list[dict[str, object]] = []
+        for key in keys:
+            counts = by_class.get(key, dict.fromkeys(STATUS_CLASSES, 0))
+            c = self.endpoints.get(key, empty)
+            rows.append({"org": key[0], "endpoint": key[1], "in_flight": c.in_flight,
+                         "requests": sum(counts.values()),
+                         "errors": counts.get("5xx", 0) + broken.get(key, 0),
+                         "by_class": counts, "broken_streams": broken.get(key, 0),
+                         "client_disconnects": c.disconnects, "last_request_at": c.last_request_at})
+        return {"endpoints": rows}
 
 
 def _le(bound: float) -> str:

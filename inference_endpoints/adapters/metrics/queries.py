@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference_endpoints.adapters.metrics.prometheus import duration
+from inference_endpoints.core.request_counts import STATUS_CLASSES
 
 GATEWAY_REQUESTS = "ie_gateway_requests_total"
 GATEWAY_ERRORS = "ie_gateway_request_errors_total"
@@ -21,7 +22,6 @@ E2E_LATENCY = "vllm:e2e_request_latency_seconds_bucket"
 TTFT = "vllm:time_to_first_token_seconds_bucket"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
-FINISHED = "vllm:request_success_total"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_CACHE = "vllm:kv_cache_usage_perc"  # a 0..1 fraction despite the name
@@ -30,7 +30,6 @@ DEVICE_MEM_USED = "ie_device_memory_used_bytes"
 DEVICE_MEM_TOTAL = "ie_device_memory_total_bytes"
 DEVICE_POWER = "ie_device_power_watts"
 DEVICE_INFO = "ie_device_info"
-ENGINE_ERROR_REASONS = "error|abort"
 
 
 @dataclass(frozen=True)
@@ -93,15 +92,18 @@ def request_rate(t: Target, rng: str) -> str:
     return f"sum(rate({GATEWAY_REQUESTS}{t.selector()}[{rng}]))"
 
 
+def requests_by_class(t: Target, rng: str, klass: str) -> str:
+    """Requests per second answered with one status class (2xx, 4xx or 5xx)."""
+    return f"sum(rate({GATEWAY_REQUESTS}{t.selector(_eq('status_class', klass))}[{rng}]))"
+
+
 def error_rate(t: Target, rng: str) -> str:
-    """Errors per second: gateway 4xx/5xx answers and broken-off streams for this endpoint, plus
-    requests the engine finished with `error` or `abort`. `or` unions the (disjoint) label sets;
-    the zero term keeps the series at 0, not absent, while requests succeed."""
-    gateway_4xx_5xx = f'rate({GATEWAY_REQUESTS}{t.selector(_re("status_class", "4xx|5xx"))}[{rng}])'
-    broken_streams = f'rate({GATEWAY_ERRORS}{t.selector(_eq("status_class", "2xx"))}[{rng}])'
-    engine = f'rate({FINISHED}{t.engine(_re("finished_reason", ENGINE_ERROR_REASONS))}[{rng}])'
+    """Errors per second as `core.request_counts` defines them: 5xx answers and 2xx streams the
+    backend broke off (4xx are the caller's own, charted by class, never errors). The gateway
+    counts exactly these in its errors counter. The zero term (same labels once `rate` drops the
+    name, so `or` only fills gaps) keeps the series at 0, not absent, while requests succeed."""
     zero = f"0 * rate({GATEWAY_REQUESTS}{t.selector()}[{rng}])"
-    return f"sum({gateway_4xx_5xx} or {broken_streams} or {engine} or {zero})"
+    return f"sum(rate({GATEWAY_ERRORS}{t.selector()}[{rng}]) or {zero})"
 
 
 def requests_in(t: Target, rng: str) -> str:
@@ -189,10 +191,6 @@ def _eq(label: str, value: str) -> str:
     return f'{label}="{escape(value)}"'
 
 
-def _re(label: str, pattern: str) -> str:
-    return f'{label}=~"{escape(pattern)}"'
-
-
 def device_titles(device: str | None) -> tuple[str, str, str]:
     """(utilization, memory used, memory total) titles in words that say what is measured."""
     if device == "cpu":
@@ -207,7 +205,10 @@ def tab_queries(t: Target, rng: str | None, device: str | None = None) -> list[Q
     util_title, used_title, total_title = device_titles(device)
     queries = [
         Query("request_rate", "Request rate", "req/s", "requests", request_rate(t, r)),
-        Query("error_rate", "Error rate", "errors/s", "errors", error_rate(t, r)),
+        *(Query(f"requests_{k}", f"Request rate {k}", "req/s", "requests", requests_by_class(t, r, k))
+          for k in STATUS_CLASSES),
+        Query("error_rate", "Error rate (5xx and broken-off streams)", "errors/s", "errors",
+              error_rate(t, r)),
         Query("latency_p50", "Latency p50", "s", "latency", latency_quantile(t, r, 0.5)),
         Query("latency_p95", "Latency p95", "s", "latency", latency_quantile(t, r, 0.95)),
         Query("ttft_p50", "Time to first token p50", "s", "ttft", ttft_quantile(t, r, 0.5)),
