@@ -272,11 +272,12 @@ def serve_endpoint(endpoint_id: str, generation: int = 0, serve_run: str | None 
             registry.runs.ended(run.id, ReasonCode.STOPPED_BY_USER, "stopped before its engine started")
         return
     spec = ServingSpec.from_json(run.serving_config_json)
-    instance = registry.instances()[endpoint.instance]
+    instance_name = run.instance or endpoint.instance  # an update's candidate may move elsewhere
+    instance = registry.instances()[instance_name]
     host = load_engine_host(instance.work_pool)
     org = registry.get_org(endpoint.org_id)
     org_name = org.name if org else endpoint.org_id
-    runtime = runtime_for(registry, endpoint.instance)
+    runtime = runtime_for(registry, instance_name)
     labels = EngineLabels(org_name, endpoint_id, endpoint.name, own_flow_run)
     reporter = Reporter(registry, run.id)
     engine: EngineHandle | None = None

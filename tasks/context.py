@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
+from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.persistence.registry import Registry
 from inference_endpoints.persistence.store import LocalCheckpointStore
 from inference_endpoints.services.import_roots import SourcePolicy
+from inference_endpoints.services.replacements import ModelRoot
 
 DEFAULT = "default"
 
@@ -32,3 +34,13 @@ def load_engine_host(pool: str) -> EngineHost:
         return EngineHost.load(pool)  # type: ignore[return-value]
     except ValueError:
         return EngineHost.load(DEFAULT)  # type: ignore[return-value]
+
+
+def engine_model_root(instance: InstanceSpec) -> ModelRoot:
+    """Where the checkpoints appear to engines on the instance's pool (its engine-host block)."""
+    host = load_engine_host(instance.work_pool)
+
+    def root(runtime: str, endpoint_id: str, generation: int = 0) -> str:
+        return host.model_root(runtime, endpoint_id, generation)
+
+    return root

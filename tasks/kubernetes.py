@@ -33,9 +33,10 @@ def _labels(registry: Registry, endpoint: Endpoint, generation: int) -> EngineLa
 
 @task(retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def prepare_serve_job(registry: Registry, endpoint: Endpoint, config_json: str,
-                      generation: int = 0) -> dict[str, Any] | None:
-    """The run's job variables for a sidecar instance (its key Secret created first), else None."""
-    instance = registry.instances()[endpoint.instance]
+                      generation: int = 0, instance_name: str | None = None) -> dict[str, Any] | None:
+    """The run's job variables for a sidecar instance (its key Secret created first), else None.
+    `instance_name`: the run's own (an update may move it), else the endpoint's."""
+    instance = registry.instances()[instance_name or endpoint.instance]
     host = load_engine_host(instance.work_pool)
     if host.runtime_for(instance.runtime) != SIDECAR:
         return None

@@ -23,8 +23,10 @@ class PrefectOrchestrator:
 
     def submit(self, endpoint: Endpoint, run: ServeRun) -> str:
         org = self.registry.get_org(endpoint.org_id)
-        pool = self.registry.instances()[endpoint.instance].work_pool
-        job = prepare_serve_job(self.registry, endpoint, run.serving_config_json, run.generation)
+        instance = run.instance or endpoint.instance  # an update's candidate may move elsewhere
+        pool = self.registry.instances()[instance].work_pool
+        job = prepare_serve_job(self.registry, endpoint, run.serving_config_json, run.generation,
+                                instance)
         return submit_serve_run(endpoint.id, org.name if org else endpoint.org_id, endpoint.name, pool,
                                 run.id, run.generation, job)
 
@@ -37,7 +39,7 @@ class PrefectOrchestrator:
     def stop_orphan(self, endpoint: Endpoint, run: ServeRun) -> int:
         """Stop this run's engine only (found by its labels and port), never a sibling's."""
         port = urlsplit(run.backend_url).port if run.backend_url else None
-        leftovers = runtime_for(self.registry, endpoint.instance).leftovers(endpoint.id)
+        leftovers = runtime_for(self.registry, run.instance or endpoint.instance).leftovers(endpoint.id)
         mine = [e for e in leftovers if port is None or getattr(e, "port", None) in (None, port)]
         for engine in mine:
             engine.stop()

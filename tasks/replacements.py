@@ -1,8 +1,8 @@
 """A rolling replacement: record a candidate serve run with a new checkpoint or serving settings,
 then follow the reconciler while it brings it up, switches the stable URL and drains the old run.
 
-Used by `on-finetune-completed` (a new checkpoint) and `endpoints update` (new max context or
-precision). Only the recording happens here; if the caller dies, the scheduled reconcile
+Used by `on-finetune-completed` (a new checkpoint) and `endpoints update` (new max context,
+precision or instance). Only the recording happens here; if the caller dies, the scheduled reconcile
 carries on, and a stop meanwhile stops the candidate with the endpoint.
 """
 
@@ -11,44 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from inference_endpoints.core.errors import RequestInvalid
-from inference_endpoints.core.lifecycle import Purpose, Role
-from inference_endpoints.core.serving_config import render
-from inference_endpoints.core.status import EndpointStatus
-from inference_endpoints.core.validation import CreateRequest, validate_create
+from inference_endpoints.core.validation import CreateRequest
 from inference_endpoints.persistence.models import Endpoint, ServeRun
 from inference_endpoints.persistence.registry import Registry
-from tasks.context import load_engine_host
+from inference_endpoints.services.replacements import record_replacement as record
+from tasks.context import engine_model_root
 from tasks.orchestration import reconcile_now
 
 
 def record_replacement(registry: Registry, endpoint: Endpoint, request: CreateRequest,
                        requested_by: str | None, what: str) -> ServeRun:
-    """Validate `request` as a create (the name is the endpoint's own), render it for the next
-    generation and record the candidate; raises `RequestInvalid` naming each problem, with
-    nothing written."""
-    if endpoint.status != EndpointStatus.HEALTHY or endpoint.live_run is None:
-        raise RequestInvalid.single("endpoint_not_healthy", "endpoint",
-                                    f"Endpoint {endpoint.name} is {endpoint.status}; only a healthy "
-                                    "endpoint can be replaced in place.",
-                                    "Wait until it is healthy (`endpoints show`), or create a new endpoint.")
-    view = registry.checkpoint_view(endpoint.org_id, request.checkpoint)
-    validated = validate_create(request, checkpoint=view, name_taken=False, instances=registry.instances())
-    instance = validated.instance
-    host = load_engine_host(instance.work_pool)
-    generation = max((r.generation for r in registry.runs.of(endpoint.id)), default=0) + 1
-    spec = render(validated, model_root=host.model_root(instance.runtime, endpoint.id, generation),
-                  api_key=endpoint.backend_api_key or "")
-    candidate = registry.runs.add_run(endpoint.id, Role.CANDIDATE, Purpose.REPLACE,
-                                      expected_live=endpoint.live_run, checkpoint_id=validated.checkpoint.id,
-                                      config_json=spec.to_json(), requested_by=requested_by,
-                                      max_context=validated.max_context, precision=validated.precision)
-    if candidate is None:
-        raise RequestInvalid.single("endpoint_changed", "endpoint",
-                                    f"{endpoint.name} changed meanwhile, or is already being replaced.",
-                                    "Wait for the replacement under way (`endpoints show`), then try again.")
-    registry.record_activity(endpoint.id, "replacing", f"bringing up {what} as serve run {candidate.id}")
-    return candidate
+    """`services.replacements.record_replacement` with this pool's engine host."""
+    return record(registry, endpoint, request, requested_by, what, engine_model_root)
 
 
 def follow_replacement(registry: Registry, endpoint: Endpoint, candidate: ServeRun, timeout_s: float,

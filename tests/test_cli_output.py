@@ -163,9 +163,16 @@ def test_update_names_each_problem_before_anything_is_asked_and_writes_nothing(s
     assert nothing.returncode == 2 and "nothing_to_update" in nothing.stderr
     bad = stack.cli("update", LONG, "--max-context", "0")
     assert bad.returncode == 2 and "max_context (invalid_max_context)" in bad.stderr
+    unknown = stack.cli("update", LONG, "--instance", "nosuch-gpu")
+    assert unknown.returncode == 2 and "instance (unknown_instance)" in unknown.stderr, unknown.stderr
+    # cpu-dev serves float32 only (vLLM-CPU): a GPU-only precision is named as the bad field
+    wrong = stack.cli("update", LONG, "--instance", "cpu-dev", "--precision", "float16")
+    assert wrong.returncode == 2 and "precision (" in wrong.stderr, wrong.stderr
     down = stack.cli("update", LONG, "--max-context", "512")  # valid, but no stack is running
     assert down.returncode == 1 and "endpoints up" in down.stderr and "Nothing was changed" in down.stderr
-    for result in (nothing, bad, down):
+    moved = stack.cli("update", LONG, "--instance", "t4-16gb")  # valid (it fits), no stack
+    assert moved.returncode == 1 and "Nothing was changed" in moved.stderr, moved.stderr
+    for result in (nothing, bad, unknown, wrong, down, moved):
         assert "Traceback" not in result.stdout + result.stderr
     assert stack.registry().counts() == before and len(stack.registry().runs.running()) == runs_before
     ep = stack.registry().find_endpoint(stack.registry().get_org_by_name("default").id, LONG)  # type: ignore[union-attr]

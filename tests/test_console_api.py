@@ -9,7 +9,7 @@ exercised by tests/e2e/test_console_browser.py against the real stack.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ class FakeOrchestrator:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     fail: bool = False
 
-    def model_root_for(self, instance: InstanceSpec) -> Callable[[str, str], str]:
-        return lambda runtime, endpoint_id: f"/srv/run/{endpoint_id}/models"
+    def model_root_for(self, instance: InstanceSpec) -> Any:
+        return lambda runtime, endpoint_id, generation=0: f"/srv/run/{endpoint_id}/g{generation}/models"
 
     def submit_create(self, parameters: dict[str, Any], idempotency_key: str) -> str:
         if self.fail:
@@ -157,7 +157,8 @@ def test_openapi_lists_every_route(world: World) -> None:
     for path in ("/api/v1/endpoints", "/api/v1/endpoints/{name}", "/api/v1/endpoints/{name}/stop",
                  "/api/v1/endpoints/{name}/activity", "/api/v1/endpoints/{name}/metrics",
                  "/api/v1/checkpoints", "/api/v1/checkpoints/{ref}", "/api/v1/instances",
-                 "/api/v1/activity", "/api/v1/keys", "/api/v1/keys/{ref}", "/api/v1/org"):
+                 "/api/v1/activity", "/api/v1/keys", "/api/v1/keys/{ref}", "/api/v1/org",
+                 "/api/v1/endpoints/{name}/update"):
         assert path in paths, path
     assert not any(p.startswith("/endpoints") for p in paths), "pages stay out of the API schema"
 

@@ -127,12 +127,14 @@ def _body_for(method: str, path: str) -> Callable[[str], dict[str, Any]]:
     """What a well-formed call sends besides the reference (a page form always has its token)."""
     if path.startswith("/api/"):
         body = ({"json": {"idle_stop_minutes": 30}} if method == "PATCH"
-                else {"json": {"min_replicas": 2, "max_replicas": 2}} if path.endswith("/scale") else {})
+                else {"json": {"min_replicas": 2, "max_replicas": 2}} if path.endswith("/scale")
+                else {"json": {"max_context": 512}} if path.endswith("/update") else {})
         return lambda ref: dict(body)
     if path.endswith("/_playground"):  # JSON, its token in a header: see Caller.send
         return lambda ref: {"json": {"prompt": "hi", "max_tokens": 1}}
     form = ({"idle_stop_minutes": "30"} if path.endswith("/idle-stop")
-            else {"min_replicas": "2"} if path.endswith("/scale") else {})
+            else {"min_replicas": "2"} if path.endswith("/scale")
+            else {"max_context": "512"} if path.endswith("/update") else {})
     return lambda ref: {"data": dict(form)} if method == "POST" else {}
 
 

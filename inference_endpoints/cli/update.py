@@ -1,4 +1,4 @@
-"""`endpoints update NAME --max-context N --precision P`: change a serving endpoint in place.
+"""`endpoints update NAME [--max-context N] [--precision P] [--instance I]`: change it in place.
 
 A rolling replacement (as after fine-tuning): a new engine with the new settings comes up
 beside the old one, the stable URL switches to it once it generates, then the old one drains
@@ -16,8 +16,7 @@ import typer
 from inference_endpoints.cli.common import err, load_context, out, require_endpoint, use_stack, user_errors
 from inference_endpoints.cli.create import INTERRUPTED, prefect_answers
 from inference_endpoints.cli.endpoints import show_endpoint
-from inference_endpoints.core.errors import RequestInvalid
-from inference_endpoints.core.validation import CreateRequest, validate_create
+from inference_endpoints.core.validation import validate_create
 from inference_endpoints.settings import Settings
 
 
@@ -26,8 +25,11 @@ def update_cmd(
     max_context: Annotated[str | None, typer.Option(help="New maximum context length in tokens")] = None,
     precision: Annotated[str | None, typer.Option(
         help="New precision: auto, bfloat16, float16, float32")] = None,
+    instance: Annotated[str | None, typer.Option(
+        help="New instance type (`endpoints instances`); the new engine starts on its pool")] = None,
 ) -> None:
-    """Change an endpoint's max context or precision with a rolling replacement (no client errors)."""
+    """Change max context, precision or instance with a rolling replacement (no client errors)."""
+    from inference_endpoints.services.replacements import plan_update
     from tasks.replacements import follow_replacement, record_replacement
 
     settings = Settings()
@@ -35,18 +37,8 @@ def update_cmd(
     ctx = load_context()
     ep = require_endpoint(ctx, name)
     with user_errors():
-        if max_context is None and precision is None:
-            raise RequestInvalid.single("nothing_to_update", "max_context",
-                                        "Nothing to change: give --max-context and/or --precision.",
-                                        f"e.g. endpoints update {ep.name} --max-context 4096")
-        if ep.status != "healthy":
-            raise RequestInvalid.single("endpoint_not_healthy", "endpoint",
-                                        f"Endpoint {ep.name} is {ep.status}; only a healthy endpoint can "
-                                        "be updated in place.",
-                                        f"Wait until it is healthy, or `endpoints start {ep.name}` it first.")
-    request = CreateRequest(ep.name, ep.checkpoint_id, ep.instance,
-                            max_context if max_context is not None else ep.max_context,
-                            precision if precision is not None else ep.precision, ep.quantization)
+        plan = plan_update(ep, max_context=max_context, precision=precision, instance=instance)
+    request, changes = plan.request, plan.changes
     with user_errors():  # every problem named before Prefect is asked anything
         validate_create(request, checkpoint=ctx.registry.checkpoint_view(ctx.org_id, ep.checkpoint_id),
                         name_taken=False, instances=ctx.registry.instances())
@@ -55,10 +47,9 @@ def update_cmd(
         err.print(f"[red]The local stack is not running[/] (Prefect does not answer at {api_url}): "
                   "start it with `endpoints up`. Nothing was changed.")
         raise typer.Exit(1)
-    changes = ", ".join(f"{k} {v}" for k, v in (("max context", max_context), ("precision", precision)) if v)
     with user_errors():
         candidate = record_replacement(ctx.registry, ep, request, None, changes)
-    timeout = ctx.registry.instances()[ep.instance].startup_timeout_s + 60
+    timeout = ctx.registry.instances()[str(request.instance)].startup_timeout_s + 60
     try:
         with out.status(f"Updating {ep.name} ({changes})…") as status:
             done = follow_replacement(ctx.registry, ep, candidate, timeout, log=lambda _line: None,

@@ -83,7 +83,9 @@ def _settle(s: Session, ep: Endpoint) -> Derived:
     if live is not None:
         values.update(generation=live.generation, checkpoint_id=live.checkpoint_id,
                       serving_config_json=live.serving_config_json)
-        values.update({k: getattr(live, k) for k in ("max_context", "precision") if getattr(live, k)})
+        # an update's settings (and instance) become the endpoint's once its run is live
+        values.update({k: getattr(live, k) for k in ("max_context", "precision", "instance")
+                       if getattr(live, k)})
     previous = ep.status
     changed = derived.status.value != previous
     reason = derived.reason.value if derived.reason else None
@@ -230,7 +232,7 @@ class ServeRuns:
     def add_run(self, endpoint_id: str, role: Role, purpose: Purpose, *, expected_live: str | None,
                 checkpoint_id: str | None = None, config_json: str | None = None,
                 requested_by: str | None = None, max_context: int | None = None,
-                precision: str | None = None) -> ServeRun | None:
+                precision: str | None = None, instance: str | None = None) -> ServeRun | None:
         """Record a new serve run (not yet submitted) and point the endpoint at it.
 
         Guarded: a live run only replaces `expected_live`; a candidate only when there is
@@ -245,7 +247,7 @@ class ServeRuns:
                 return False
             top = s.exec(select(func.max(ServeRun.generation))
                          .where(ServeRun.endpoint_id == endpoint_id)).one()
-            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=ep.instance,
+            run = ServeRun(endpoint_id=endpoint_id, org_id=ep.org_id, instance=instance or ep.instance,
                            generation=0 if top is None else int(top) + 1, role=role.value,
                            purpose=purpose.value, checkpoint_id=checkpoint_id or ep.checkpoint_id,
                            serving_config_json=config_json or ep.serving_config_json,

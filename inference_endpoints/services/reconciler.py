@@ -308,7 +308,7 @@ def _submit(registry: Registry, control: Orchestrator, ep: Endpoint, run: ServeR
         flow_run = control.submit(ep, run)
     except Exception as exc:  # the pool, its cluster or Prefect refused it
         if run.purpose == Purpose.START and run.role == Role.LIVE:
-            pool = registry.instances()[ep.instance].work_pool
+            pool = registry.instances()[run.instance or ep.instance].work_pool
             runs.give_up(ep.id, ReasonCode.DEPLOY_FAILED,
                          f"could not submit the serve run to pool {pool}: {exc}", expected_live=run.id)
             return "deploy failed"

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from inference_endpoints.adapters.console import api, create_form, detail_tabs, pages
+from inference_endpoints.adapters.console import api, create_form, detail_tabs, pages, updates
 from inference_endpoints.adapters.console.config import ConsoleSettings
 from inference_endpoints.adapters.console.guard import ApiGuard
 from inference_endpoints.adapters.console.orchestrator import Orchestrator, PrefectOrchestrator
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, *, console: ConsoleSettings | N
     app.include_router(create_form.router)  # before the pages: /endpoints/new is not an endpoint
     app.include_router(pages.router)
     app.include_router(detail_tabs.router)
+    app.include_router(updates.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _vendor_routes(app)
     _favicon_route(app)

@@ -8,10 +8,10 @@ because unit tests have no Prefect server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from inference_endpoints.core.catalog import InstanceSpec
+from inference_endpoints.services.replacements import ModelRoot
 
 CREATE_DEPLOYMENT = "create-endpoint/default"
 STOP_DEPLOYMENT = "stop-endpoint/default"
@@ -23,8 +23,8 @@ class SubmitError(RuntimeError):
 
 
 class Orchestrator(Protocol):
-    def model_root_for(self, instance: InstanceSpec) -> Callable[[str, str], str]:
-        """`(runtime, endpoint_id) -> model root`, exactly as the create flow computes it."""
+    def model_root_for(self, instance: InstanceSpec) -> ModelRoot:
+        """`(runtime, endpoint_id, generation) -> model root`, exactly as the flows compute it."""
         ...
 
     def submit_create(self, parameters: dict[str, Any], idempotency_key: str) -> str:
@@ -43,14 +43,13 @@ class Orchestrator(Protocol):
 class PrefectOrchestrator:
     """The real one: `run_deployment(..., timeout=0, as_subflow=False)` returns at once."""
 
-    def model_root_for(self, instance: InstanceSpec) -> Callable[[str, str], str]:
-        from tasks.context import load_engine_host
+    def model_root_for(self, instance: InstanceSpec) -> ModelRoot:
+        from tasks.context import engine_model_root
 
         try:
-            host = load_engine_host(instance.work_pool)
+            return engine_model_root(instance)
         except Exception as exc:  # Prefect raises several types for "unreachable" / "no block"
             raise SubmitError(f"could not read the engine host settings from Prefect: {exc}") from exc
-        return host.model_root
 
     def submit_create(self, parameters: dict[str, Any], idempotency_key: str) -> str:
         return self._run(CREATE_DEPLOYMENT, parameters, idempotency_key,

@@ -33,6 +33,7 @@ from inference_endpoints.adapters.console.web import (
 )
 from inference_endpoints.core.cost import HOURS_PER_MONTH, RunningCost, hourly_burn
 from inference_endpoints.core.errors import Problem, RequestInvalid
+from inference_endpoints.core.status import Precision
 from inference_endpoints.persistence.models import Organization
 from inference_endpoints.services.replicas import replica_rows
 
@@ -198,7 +199,9 @@ def endpoint_page(request: Request, name: str, org: Org, svc: Svc, tab: str = "o
                   host_examples=examples(view.url, view.model),
                   base_domain=svc.deps.settings.base_domain,
                   replica_runs=replica_rows(svc.registry, row), hours_per_month=HOURS_PER_MONTH,
-                  running=RunningCost(view.cost.price_per_hour, int(view.replicas["wanted"])), **ctx)
+                  running=RunningCost(view.cost.price_per_hour, int(view.replicas["wanted"])),
+                  instance_names=sorted(svc.registry.instances()),
+                  precisions=[p.value for p in Precision], **ctx)
 
 
 @router.post("/endpoints/{name}/scale", dependencies=[Csrf])
