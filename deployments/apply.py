@@ -16,6 +16,7 @@ from prefect.workers.process import ProcessWorker
 
 from blocks.settings_blocks import CheckpointStoreConfig, EngineHost, RegistryDatabase
 from deployments.pools import ALL_POOLS
+from inference_endpoints.deployment_names import RETIRED
 from inference_endpoints.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -113,8 +114,24 @@ def ensure_zombie_automation() -> None:
     automation.create()
 
 
+def retire_old_deployments() -> list[str]:
+    """Delete the deployments an earlier version named `default` (the ones prefect.yaml now
+    names for what they run), so an upgraded server has one reconcile schedule, not two."""
+    retired = []
+    with get_client(sync_client=True) as client:
+        for name in RETIRED:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            client.delete_deployment(deployment.id)
+            retired.append(name)
+    return retired
+
+
 def apply_all(settings: Settings, engine_python: str, env: dict[str, str]) -> None:
     ensure_pools()
     save_blocks(settings, engine_python)
     deploy(env)
+    retire_old_deployments()
     ensure_zombie_automation()

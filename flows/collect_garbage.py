@@ -1,7 +1,7 @@
 """collect-checkpoint-garbage: reclaim deleted checkpoints' bytes once no endpoint run can read them.
 
 Scheduled every 10 minutes (deployments/prefect.yaml), runnable by hand
-(`endpoints gc`, `prefect deployment run 'collect-checkpoint-garbage/default'`)
+(`endpoints gc`, `prefect deployment run 'collect-checkpoint-garbage/reclaim-bytes'`)
 and with `dry_run`. Each run publishes a table artifact: reclaimed (bytes freed),
 held (by which endpoint runs) and skipped (why).
 """

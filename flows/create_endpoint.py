@@ -1,7 +1,7 @@
 """create-endpoint: validate → render → record (endpoint, first serve run, leases) → reconcile → ready.
 
 The same flow runs from `endpoints create`, the console, the Prefect UI's run form and
-`prefect deployment run 'create-endpoint/default' -p ...`. It records the *intent* and
+`prefect deployment run 'create-endpoint/create' -p ...`. It records the *intent* and
 kicks the one reconciler for this endpoint, then follows it until the stable URL itself
 serves. It decides nothing about the serve run: if this flow (or the CLI following it)
 dies, the scheduled reconcile finishes the start or fails it with a reason within the

@@ -160,11 +160,11 @@ def test_create_is_a_deployment_run_and_a_failure_says_why(stack: IsolatedStack,
     assert "deploy_timeout: not ready after 5 s" in result.stderr and "hint:" in result.stderr
     ep = endpoint(stack, no_engines, "first")
     assert ep is not None and ep.status == "failed" and ep.reason_code == "deploy_timeout"
-    # It ran as a run of the create-endpoint/default deployment, with a key this call generated.
+    # It ran as a run of the create-endpoint/create deployment, with a key this call generated.
     run = prefect(stack, "GET", f"/flow_runs/{ep.create_run_id}").json()
     deployment = prefect(stack, "GET", f"/deployments/{run['deployment_id']}").json()
     flow = prefect(stack, "GET", f"/flows/{deployment['flow_id']}").json()
-    assert (flow["name"], deployment["name"]) == ("create-endpoint", "default")
+    assert (flow["name"], deployment["name"]) == ("create-endpoint", "create")
     assert run["parent_task_run_id"] is None, "not a subflow of the CLI"
     # The CLI follows the endpoint, which is `failed` a moment before its create run is final.
     wait_for("the create run to end", lambda: prefect(

@@ -1,4 +1,4 @@
-"""`endpoints create`: validate here, then submit `create-endpoint/default` to Prefect and follow it.
+"""`endpoints create`: validate here, then submit `create-endpoint/create` to Prefect and follow it.
 
 The create flow runs on the control-plane work pool, not in this process: closing the
 terminal or pressing Ctrl-C stops only the following, and the endpoint still ends
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from inference_endpoints import deployment_names
 from inference_endpoints.adapters.runtime import model_root_resolver
 from inference_endpoints.cli.common import (
     STATUS_STYLE,
@@ -39,7 +40,7 @@ from inference_endpoints.settings import Settings
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
 
-CREATE_DEPLOYMENT = "create-endpoint/default"
+CREATE_DEPLOYMENT = deployment_names.CREATE
 POLL_S = 0.5
 RUN_STATE_EVERY_S = 1.0
 # Where following ends: the endpoint is serving, or nothing will change it any more.
@@ -147,7 +148,7 @@ def prefect_answers(api_url: str) -> bool:
 
 
 def submit(parameters: dict[str, Any], key: str) -> str:
-    """`create-endpoint/default` as a deployment run of its own (not a subflow of this process)."""
+    """`create-endpoint/create` as a deployment run of its own (not a subflow of this process)."""
     import httpx
     from prefect.deployments import run_deployment
     from prefect.exceptions import PrefectException

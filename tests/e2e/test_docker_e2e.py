@@ -96,7 +96,7 @@ def docker_pool(e2e: E2EStack, dockerd: DockerDaemon) -> Iterator[DockerRuntime]
     assert state is not None and state.dockerd_pid is None, "the stack must not stop a daemon it did not start"
     runtime = DockerRuntime(IMAGE, dockerd.url, gpu_count=0)
     try:
-        with paused_deployment("reconcile-endpoints/default"):
+        with paused_deployment("reconcile-endpoints/self-healing"):
             yield runtime
     finally:
         for endpoint_id in CREATED:

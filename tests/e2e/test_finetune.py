@@ -89,7 +89,7 @@ RECONCILE_INTERVAL_S = 30
 
 
 def _start_replacement(e2e: E2EStack, name: str, job: str) -> str:
-    run = run_deployment("on-finetune-completed/default", timeout=0, as_subflow=False, parameters={
+    run = run_deployment("on-finetune-completed/on-finetune-event", timeout=0, as_subflow=False, parameters={
         "job_id": f"finetune.job.{job}", "checkpoint_path": str(e2e.demo.full), "org": e2e.org_name,
         "checkpoint_name": f"{name}-{job}", "policy": "replace", "endpoint": name})
     return str(run.id)  # type: ignore[union-attr]

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_the_deployment_runs_on_the_control_plane_pool(e2e: E2EStack) -> None:
-    """`prefect deployment run 'collect-checkpoint-garbage/default'`, as the schedule does."""
-    run = run_deployment("collect-checkpoint-garbage/default", parameters={"dry_run": True},
+    """`prefect deployment run 'collect-checkpoint-garbage/reclaim-bytes'`, as the schedule does."""
+    run = run_deployment("collect-checkpoint-garbage/reclaim-bytes", parameters={"dry_run": True},
                          timeout=180)
     assert run.state is not None and run.state.is_completed(), run.state  # type: ignore[union-attr]
     with get_client(sync_client=True) as client:  # what the server recorded, not what we asked for
@@ -41,20 +41,20 @@ def test_a_run_stranded_pending_by_an_outage_does_not_block_collection(e2e: E2ES
     from tasks.runs import crash_stuck_pending
 
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("collect-checkpoint-garbage/default")
+        deployment = client.read_deployment_by_name("collect-checkpoint-garbage/reclaim-bytes")
         stranded = client.create_flow_run_from_deployment(
             deployment.id, parameters={"dry_run": True},
             state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1)))
         # What the worker does before starting the process: Pending, taking the slot.
         taken = client.set_flow_run_state(stranded.id, Pending())
         assert taken.status.value == "ACCEPT", taken
-    blocked = run_deployment("collect-checkpoint-garbage/default", parameters={"dry_run": True},
+    blocked = run_deployment("collect-checkpoint-garbage/reclaim-bytes", parameters={"dry_run": True},
                              timeout=120)
     assert blocked.state is not None and blocked.state.is_cancelled(), blocked.state  # type: ignore[union-attr]
     assert crash_stuck_pending(older_than=timedelta(0), only={str(stranded.id)}) == [stranded.name]
     with get_client(sync_client=True) as client:
         after = client.read_flow_run(stranded.id)
     assert after.state is not None and after.state.is_crashed(), after.state
-    freed = run_deployment("collect-checkpoint-garbage/default", parameters={"dry_run": True},
+    freed = run_deployment("collect-checkpoint-garbage/reclaim-bytes", parameters={"dry_run": True},
                            timeout=180)
     assert freed.state is not None and freed.state.is_completed(), freed.state  # type: ignore[union-attr]

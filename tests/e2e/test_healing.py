@@ -120,7 +120,7 @@ def test_killed_engine_and_killed_serve_run_heal_on_their_own(e2e: E2EStack) -> 
 def test_a_killed_worker_is_detected_and_restarted(e2e: E2EStack) -> None:
     pid = e2e.ensure_worker()
     # The scheduled reconcile would race this one to the restart: only this call may act.
-    with paused_deployment("reconcile-endpoints/default"):
+    with paused_deployment("reconcile-endpoints/self-healing"):
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         rows = reconcile_endpoints()

@@ -59,7 +59,7 @@ def cluster(e2e: E2EStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     api = FakeKubeApi().start()
     _save_host(api.kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig"))
     try:
-        with paused_deployment("reconcile-endpoints/default"):
+        with paused_deployment("reconcile-endpoints/self-healing"):
             yield api
     finally:
         api.stop()

@@ -204,7 +204,7 @@ def test_deployment_run_is_idempotent_and_stop_while_loading_cleans_up(e2e: E2ES
     params = ["-p", "name=via-ui", "-p", "checkpoint=demo-tiny-llama", "-p", "max_context=1024",
               "-p", "precision=float32", "-p", "idempotency_key=same-key"]
     for _ in range(2):
-        result = _prefect_cli("deployment", "run", "create-endpoint/default", *params)
+        result = _prefect_cli("deployment", "run", "create-endpoint/create", *params)
         assert result.returncode == 0, result.stdout + result.stderr
     ep = e2e.wait_status("via-ui", {"loading"}, timeout_s=90)
     time.sleep(2)  # let the second create run catch up

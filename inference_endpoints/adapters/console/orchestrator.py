@@ -1,7 +1,7 @@
 """How the console hands work to Prefect: submit the create, stop and reconcile flows, never wait.
 
 The API records an endpoint itself (so it can answer 202 with the record at once)
-and submits `create-endpoint/default` with the same idempotency key; the flow finds
+and submits `create-endpoint/create` with the same idempotency key; the flow finds
 the record by that key and carries on. Tests inject a fake with the same shape,
 because unit tests have no Prefect server.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from inference_endpoints import deployment_names
 from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.services.replacements import ModelRoot
 
-CREATE_DEPLOYMENT = "create-endpoint/default"
-STOP_DEPLOYMENT = "stop-endpoint/default"
-RECONCILE_DEPLOYMENT = "reconcile-endpoints/default"
+CREATE_DEPLOYMENT = deployment_names.CREATE
+STOP_DEPLOYMENT = deployment_names.STOP
+RECONCILE_DEPLOYMENT = deployment_names.RECONCILE
 
 
 class SubmitError(RuntimeError):
