@@ -92,3 +92,30 @@ def test_the_form_and_the_detail_page_state_the_cost_per_hour_and_month(world: W
     world.create("priced", min_replicas=2)
     detail = world.client.get("/endpoints/priced").text
     assert "$0.1000/h," in detail and "$73.00/month" in detail and "2 replicas" in detail
+
+
+@pytest.mark.parametrize(("precision", "max_context", "instance", "expected"), [
+    ("float32", "1024", "cpu-dev", "cpu-dev is the cheapest instance that fits."),
+    ("float32", "1024", "a100-80gb", "Use the cheapest instance that fits: cpu-dev ($0.0500/h)"),
+    ("float16", "1024", "cpu-dev", "Use the cheapest instance that fits: t4-16gb ($0.5300/h)"),
+    ("bfloat16", "1024", "cpu-dev", "Use the cheapest instance that fits: l4-24gb ($0.8000/h)"),  # no bf16 on a T4
+    ("float32", "999999", "cpu-dev", "No instance in the catalog fits"),  # past the model's positions
+])
+def test_the_fit_panel_offers_the_cheapest_instance_that_fits(world: World, precision: str,
+                                                              max_context: str, instance: str,
+                                                              expected: str) -> None:
+    token = sign_in(world)
+    ckpt = world.registry.find_checkpoint(world.org.id, "tiny")
+    assert ckpt is not None
+    html = world.client.post("/endpoints/new/validate", data={
+        "csrf_token": token, "name": "pick", "checkpoint": ckpt.id, "instance": instance,
+        "max_context": max_context, "precision": precision, "quantization": "none"}).text
+    assert 'id="cheapest-fit"' in html and expected in html, html
+
+
+def test_no_cheapest_offer_before_the_request_can_be_checked(world: World) -> None:
+    token = sign_in(world)
+    html = world.client.post("/endpoints/new/validate", data={
+        "csrf_token": token, "name": "pick", "checkpoint": "", "instance": "cpu-dev",
+        "max_context": "1024", "precision": "float32", "quantization": "none"}).text
+    assert 'id="cheapest-fit"' not in html

@@ -328,6 +328,14 @@ def test_pages_fit_a_phone_and_behave_in_a_browser(console: Console, served: str
             page.fill("#f-name", "fresh")
             expect(page.locator("#check-result")).to_have_attribute("data-ok", "true")
             expect(button).to_be_enabled()
+            # "Use the cheapest instance that fits": float16 rules cpu-dev out; one click picks
+            # the cheapest GPU that serves it, and the checks run again and pass.
+            page.select_option("#f-precision", "float16")
+            expect(page.locator("#check-result")).to_have_attribute("data-ok", "false")
+            page.click("#use-cheapest")
+            expect(page.locator("#f-instance")).to_have_value("t4-16gb")
+            expect(page.locator("#check-result")).to_have_attribute("data-ok", "true")
+            expect(page.locator("#cheapest-fit")).to_contain_text("t4-16gb is the cheapest instance that fits")
             assert not errors, errors
             assert not missing, f"requests that 404: {missing}"
         finally:

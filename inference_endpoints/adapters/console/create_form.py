@@ -30,9 +30,15 @@ from inference_endpoints.adapters.console.web import flash
 from inference_endpoints.core.catalog import InstanceSpec
 from inference_endpoints.core.cost import HOURS_PER_MONTH, RunningCost
 from inference_endpoints.core.errors import Problem, RequestInvalid
+from inference_endpoints.core.instance_choice import cheapest_fitting_instance
 from inference_endpoints.core.replica_counts import MAX_REPLICAS
 from inference_endpoints.core.status import Precision, Quantization
-from inference_endpoints.core.validation import DEFAULT_INSTANCE, DEFAULT_MAX_CONTEXT, CreateRequest
+from inference_endpoints.core.validation import (
+    DEFAULT_INSTANCE,
+    DEFAULT_MAX_CONTEXT,
+    CreateRequest,
+    parse_max_context,
+)
 from inference_endpoints.persistence.models import Organization
 
 FORM_FIELDS = ("name", "checkpoint", "instance", "max_context", "precision", "quantization",
@@ -55,7 +61,22 @@ def _form_context(svc: ConsoleService, org: Organization, values: dict[str, Any]
             "checked": result is not None, "ok": bool(result and result.ok),
             "checkpoints": checkpoints, "instances": list(instances.values()),
             "precisions": [p.value for p in Precision], "quantizations": [q.value for q in Quantization],
-            "fields": FORM_FIELDS, **cost_estimate(instances.get(values["instance"]), values)}
+            "fields": FORM_FIELDS, **cost_estimate(instances.get(values["instance"]), values),
+            **cheapest_choice(svc, org, values, instances)}
+
+
+def cheapest_choice(svc: ConsoleService, org: Organization, values: dict[str, Any],
+                    instances: dict[str, InstanceSpec]) -> dict[str, Any]:
+    """The fit panel's "use the cheapest instance that fits", once the checkpoint, max context,
+    precision and quantization can be checked (whatever the instance chosen)."""
+    checkpoint = svc.registry.checkpoint_view(org.id, values.get("checkpoint"))
+    max_context, problems = parse_max_context(values.get("max_context"))
+    precision, quantization = values.get("precision") or "auto", values.get("quantization") or "none"
+    if checkpoint is None or max_context is None or problems or precision not in set(Precision) \
+            or quantization not in set(Quantization):
+        return {"cheapest": None, "cheapest_checked": False}
+    cheapest = cheapest_fitting_instance(checkpoint, instances, max_context, precision, quantization)
+    return {"cheapest": cheapest, "cheapest_checked": True}
 
 
 def cost_estimate(instance: InstanceSpec | None, values: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,15 @@
     });
   });
 
+  // The fit panel's "use the cheapest instance that fits": choose it, then check again.
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("#use-cheapest");
+    const select = document.getElementById("f-instance");
+    if (!button || !select) return;
+    select.value = button.dataset.instance;
+    select.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+
   // The Create button follows the inline validation: disabled while #check-result says
   // data-ok="false" (problems to fix), enabled when it passes or before any check ran.
   function syncCreateButton() {
