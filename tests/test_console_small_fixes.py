@@ -328,10 +328,16 @@ def test_pages_fit_a_phone_and_behave_in_a_browser(console: Console, served: str
             page.fill("#f-name", "fresh")
             expect(page.locator("#check-result")).to_have_attribute("data-ok", "true")
             expect(button).to_be_enabled()
-            # "Use the cheapest instance that fits": float16 rules cpu-dev out; one click picks
-            # the cheapest GPU that serves it, and the checks run again and pass.
+            # cpu-dev (vLLM-CPU) serves float32 only: the other precisions are not offered.
+            expect(page.locator("#f-precision option[value=float16]")).to_be_disabled()
+            expect(page.locator("#f-precision option[value=float16]")).to_have_text("float16 (not on cpu-dev)")
+            expect(page.locator("#f-precision option[value=float32]")).to_be_enabled()
+            # "Use the cheapest instance that fits": float16 on an A100 fits, but a T4 is cheaper;
+            # one click picks it, and the checks run again and pass.
+            page.select_option("#f-instance", "a100-80gb")
+            expect(page.locator("#f-precision option[value=float16]")).to_be_enabled()
             page.select_option("#f-precision", "float16")
-            expect(page.locator("#check-result")).to_have_attribute("data-ok", "false")
+            expect(page.locator("#cheapest-fit")).to_have_attribute("data-instance", "t4-16gb")
             page.click("#use-cheapest")
             expect(page.locator("#f-instance")).to_have_value("t4-16gb")
             expect(page.locator("#check-result")).to_have_attribute("data-ok", "true")

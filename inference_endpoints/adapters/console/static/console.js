@@ -36,6 +36,25 @@
     });
   });
 
+  // Precisions the chosen instance cannot serve are not offered (shown, disabled, saying why).
+  function syncPrecisions() {
+    const instance = document.getElementById("f-instance");
+    const precision = document.getElementById("f-precision");
+    if (!instance || !precision) return;
+    const chosen = instance.selectedOptions[0];
+    if (!chosen || chosen.dataset.precisions === undefined) return;
+    const served = chosen.dataset.precisions.split(" ");
+    Array.from(precision.options).forEach(function (option) {
+      const off = !served.includes(option.value);
+      option.disabled = off;
+      option.textContent = option.value + (off ? " (not on " + instance.value + ")" : "");
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target && event.target.id === "f-instance") syncPrecisions();
+  });
+  document.addEventListener("DOMContentLoaded", syncPrecisions);
+
   // The fit panel's "use the cheapest instance that fits": choose it, then check again.
   document.addEventListener("click", function (event) {
     const button = event.target.closest("#use-cheapest");
