@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     gateway_header_timeout_s: float = 10.0
     gateway_body_timeout_s: float = 30.0
     gateway_max_body_bytes: int = 16 * 1024 * 1024
+    # Requests whose prompts start alike go to the same replica (vLLM prefix-cache hits).
+    gateway_prefix_affinity: bool = False
     # Bearer token for the gateway's /metrics and /_gateway/stats; default: one created once
     # and kept (0600) in the data dir, read by Prometheus and the console from there.
     gateway_admin_token: str | None = None

@@ -583,3 +583,42 @@ def test_a_dead_replica_costs_no_request(world: World, client: httpx.Client) -> 
     assert streamed.status_code == 200 and "[DONE]" in streamed.text
     errors = [r for r in world.app.metrics.stats()["endpoints"] if r["endpoint"] == "half-dead"]
     assert errors and errors[0]["errors"] == 0
+
+
+def test_prefix_affinity_sends_a_prompts_start_to_one_replica(world: World, client: httpx.Client) -> None:
+    """Opt-in (IE_GATEWAY_PREFIX_AFFINITY): every request of one prompt start lands on the replica
+    the rendezvous hash gives it, through the real proxy; both replicas get their share."""
+    from inference_endpoints.adapters.gateway.balancer import preferred, prompt_prefix
+
+    second = FakeUpstream(model="second", api_key=BACKEND_KEY)
+    other = serve_in_thread(second)
+    proxy = world.app._proxy
+    assert proxy is not None
+    proxy.prefix_affinity = True
+    try:
+        ep = world.add("affine")
+        put_status(world.registry, ep, EndpointStatus.HEALTHY)
+        with_replica(world.registry, ep, other.url)
+        world.settle()
+        addresses = world.app.resolver.table.routes[("default", "affine")].addresses
+        fakes = {world.upstream.url: world.fake, other.url: second}
+        landed = {}
+        for i in range(8):
+            payload = {"model": "affine", "prompt": f"system prompt {i}: be brief", "max_tokens": 1}
+            before = {u: f.state.completed for u, f in fakes.items()}
+            for _ in range(4):
+                r = client.post(f"{world.path('affine')}/v1/completions", headers=world.auth(), json=payload)
+                assert r.status_code == 200, r.text
+            def grew(before: dict[str, int] = before) -> dict[str, int]:
+                return {u: fakes[u].state.completed - before[u] for u in fakes}
+
+            eventually(lambda: sum(grew().values()) >= 4)  # a fake counts just after it answers
+            key = prompt_prefix(json.dumps(payload).encode())
+            assert key is not None
+            expected = preferred(addresses, key)
+            assert grew() == {u: 4 if u == expected else 0 for u in fakes}, (i, grew(), expected)
+            landed[i] = expected
+        assert set(landed.values()) == set(addresses), landed
+    finally:
+        proxy.prefix_affinity = False
+        other.stop()

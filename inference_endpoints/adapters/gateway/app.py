@@ -56,7 +56,8 @@ class GatewayApp:
 
     async def startup(self) -> None:
         self._session = new_session(self.config)
-        self._proxy = Proxy(self._session, self.config.body_timeout_s, self.config.max_body_bytes)
+        self._proxy = Proxy(self._session, self.config.body_timeout_s, self.config.max_body_bytes,
+                            prefix_affinity=self.config.prefix_affinity)
         await self.resolver.start()
         log.info("gateway ready: %d endpoint(s), base domain %s",
                  len(self.resolver.table.routes), self.config.base_domain)

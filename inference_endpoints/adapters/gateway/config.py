@@ -27,6 +27,8 @@ class GatewayConfig:
     # /metrics and /_gateway/stats list every org's endpoint names: only with this bearer
     # token. None refuses them to everyone.
     admin_token: str | None = None
+    # Same prompt start, same replica (while it is not overloaded): see balancer.py.
+    prefix_affinity: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
@@ -34,5 +36,6 @@ class GatewayConfig:
                    header_timeout_s=settings.gateway_header_timeout_s,
                    body_timeout_s=settings.gateway_body_timeout_s,
                    max_body_bytes=settings.gateway_max_body_bytes,
-                   admin_token=gateway_admin_token(settings))
+                   admin_token=gateway_admin_token(settings),
+                   prefix_affinity=settings.gateway_prefix_affinity)
         return replace(base, **overrides)

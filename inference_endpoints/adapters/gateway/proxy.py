@@ -31,7 +31,7 @@ from yarl import URL
 
 from inference_endpoints.adapters.gateway import models_list
 from inference_endpoints.adapters.gateway.asgi import Message, Receive, Scope, Send
-from inference_endpoints.adapters.gateway.balancer import Balancer
+from inference_endpoints.adapters.gateway.balancer import Balancer, prompt_prefix
 from inference_endpoints.adapters.gateway.config import GatewayConfig
 from inference_endpoints.adapters.gateway.resolver import Route
 from inference_endpoints.adapters.gateway.responses import (
@@ -202,11 +202,13 @@ def new_session(config: GatewayConfig) -> aiohttp.ClientSession:
 
 class Proxy:
     def __init__(self, session: aiohttp.ClientSession, body_timeout_s: float = 30.0,
-                 max_body_bytes: int = 16 * 1024 * 1024, balancer: Balancer | None = None):
+                 max_body_bytes: int = 16 * 1024 * 1024, balancer: Balancer | None = None,
+                 prefix_affinity: bool = False):
         self.session = session
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
         self.balancer = balancer or Balancer()
+        self.prefix_affinity = prefix_affinity
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: Route,
                       path: bytes) -> Outcome:
@@ -235,7 +237,9 @@ class Proxy:
         if models:  # identity encoding, so the list can be rewritten
             headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
         addresses = route.addresses
-        backend = self.balancer.pick(addresses) or ""
+        affinity = (prompt_prefix(content) if self.prefix_affinity and len(addresses) > 1
+                    and isinstance(content, bytes) else None)
+        backend = self.balancer.pick(addresses, affinity=affinity) or ""
         # A body read whole can be sent again: a replica that fails before answering
         # costs the caller nothing when another one is ready.
         retry_ok = len(addresses) > 1 and not isinstance(content, AsyncIterator)
@@ -252,7 +256,7 @@ class Proxy:
                 except _TryAnother:
                     self.balancer.failed(current)
                     retry_ok = False
-                    backend = self.balancer.pick(addresses, avoid=current) or current
+                    backend = self.balancer.pick(addresses, avoid=current, affinity=affinity) or current
                 finally:
                     self.balancer.finished(current)
         except asyncio.CancelledError:
