@@ -23,6 +23,7 @@ from inference_endpoints.adapters.gateway.server import serve_in_thread
 from inference_endpoints.adapters.metrics.config import MetricsConfig
 from inference_endpoints.adapters.metrics.discovery import (
     SD_PATH,
+    RunTarget,
     create_app,
     get_metrics_config,
     get_registry,
@@ -61,13 +62,13 @@ def test_live_engines_and_exporters_become_labelled_targets() -> None:
     ], {"org_1": "acme", "org_2": "beta"})
     assert groups == [
         {"targets": ["127.0.0.1:8001"], "labels": {
-            "job": "vllm", "org": "acme", "endpoint": "chat", "endpoint_id": "ep_chat",
+            "job": "vllm", "org": "acme", "endpoint": "chat", "endpoint_id": "ep_chat", "replica": "0",
             "__scheme__": "http", "__metrics_path__": "/metrics"}},
         {"targets": ["127.0.0.1:9100"], "labels": {
             "job": "accelerator", "org": "acme", "endpoint": "chat", "endpoint_id": "ep_chat",
-            "__scheme__": "http", "__metrics_path__": "/metrics"}},
+            "replica": "0", "__scheme__": "http", "__metrics_path__": "/metrics"}},
         {"targets": ["10.0.0.5:8002"], "labels": {
-            "job": "vllm", "org": "beta", "endpoint": "new", "endpoint_id": "ep_new",
+            "job": "vllm", "org": "beta", "endpoint": "new", "endpoint_id": "ep_new", "replica": "0",
             "__scheme__": "http", "__metrics_path__": "/metrics"}},
     ]
 
@@ -83,9 +84,20 @@ def test_endpoints_without_addresses_yet_are_skipped() -> None:
 
 def test_a_replacement_candidate_is_scraped_beside_the_live_engine() -> None:
     chat = endpoint("chat")
-    groups = target_groups([chat], {}, {chat.id: "http://127.0.0.1:8009"})
+    groups = target_groups([chat], {}, {chat.id: [RunTarget("http://127.0.0.1:8009")]})
     assert [g["targets"] for g in groups] == [["127.0.0.1:8001"], ["127.0.0.1:8009"]]
     assert {g["labels"]["endpoint"] for g in groups} == {"chat"}
+
+
+def test_every_replica_and_its_exporter_is_scraped_with_its_slot() -> None:
+    chat = endpoint("chat", exporter="http://127.0.0.1:9100")
+    runs = [RunTarget("http://127.0.0.1:8001", "http://127.0.0.1:9100", 0),  # the live run again
+            RunTarget("http://127.0.0.1:8002", "http://127.0.0.1:9101", 1),
+            RunTarget("http://127.0.0.1:8003", None, 2)]
+    groups = target_groups([chat], {}, {chat.id: runs})
+    assert [(g["labels"]["job"], g["targets"][0], g["labels"]["replica"]) for g in groups] == [
+        ("vllm", "127.0.0.1:8001", "0"), ("vllm", "127.0.0.1:8002", "1"), ("vllm", "127.0.0.1:8003", "2"),
+        ("accelerator", "127.0.0.1:9100", "0"), ("accelerator", "127.0.0.1:9101", "1")]
 
 
 def test_paths_and_schemes_are_kept() -> None:
@@ -238,3 +250,18 @@ def test_prometheus_follows_endpoints_starting_and_stopping(
 def _has(prom: str, query: str) -> bool:
     data = httpx.get(f"{prom}/api/v1/query", params={"query": query}).json()
     return bool(data["data"]["result"])
+
+
+def test_the_registry_lists_each_replicas_engine(registry: Registry) -> None:
+    """A second replica, recorded as the reconciler and its serve run do, is scraped with its slot."""
+    from tests.test_gateway import with_replica
+    from tests.test_gateway_units import add_endpoint as add_served
+
+    org = registry.get_org_by_name("default")
+    assert org is not None
+    ep = add_served(registry, org.id, "pair", EndpointStatus.HEALTHY, "http://127.0.0.1:8001", "k")
+    put_status(registry, ep, EndpointStatus.HEALTHY, backend_url="http://127.0.0.1:8001")
+    with_replica(registry, ep, "http://127.0.0.1:8002")
+    engines = [(g["targets"][0], g["labels"]["replica"]) for g in registry_targets(registry)
+               if g["labels"]["job"] == "vllm" and g["labels"]["endpoint"] == "pair"]
+    assert engines == [("127.0.0.1:8001", "0"), ("127.0.0.1:8002", "1")], engines

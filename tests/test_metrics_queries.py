@@ -68,6 +68,8 @@ LEAKS = [  # (labels, how much bigger their numbers are)
 OLD_CHAT = Labels("acme", "chat", "ep_removed")  # a removed endpoint that had our name
 IDLE = Labels("acme", "idle", "ep_idle")  # healthy, no traffic
 GPU = Labels("acme", "big", "ep_big")  # served on a GPU
+PAIR = Labels("acme", "pair", "ep_pair")  # two replicas, discovery labels each engine's slot
+PAIR_SHARES = {"0": 0.3, "1": 0.7}  # of the token rates below
 
 # Per second, for CHAT (look-alikes multiply these).
 GATEWAY_RATES = {"2xx": 10.0, "4xx": 0.5, "5xx": 0.25}
@@ -139,7 +141,9 @@ def openmetrics() -> str:
     ])
     for name, rate in (("vllm:prompt_tokens", PROMPT_TPS), ("vllm:generation_tokens", GENERATION_TPS)):
         _family(lines, name, "counter",
-                [(f"{name}_total{lb.render()}", _counter(rate * k)) for lb, k in engines])
+                [(f"{name}_total{lb.render()}", _counter(rate * k)) for lb, k in engines]
+                + [(f"{name}_total{PAIR.render(replica=r)}", _counter(rate * k))
+                   for r, k in PAIR_SHARES.items()])
     for name, buckets in (("vllm:e2e_request_latency_seconds", E2E_BUCKETS),
                           ("vllm:time_to_first_token_seconds", TTFT_BUCKETS)):
         samples: list[tuple[str, Callable[[int], float]]] = []
@@ -442,3 +446,18 @@ def test_cli_json_has_every_series_with_its_numbers(prometheus: str, monkeypatch
         assert series["min"] <= series["avg"] * (1 + 1e-9) and series["avg"] <= series["max"] * (1 + 1e-9), name
         if name in gauges:
             assert series["now"] == pytest.approx(EXPECTED[name], rel=1e-6), name
+
+
+def test_one_replicas_engine_series(prometheus: str) -> None:
+    """`replica` narrows engine series to that replica's engine; without it they add up."""
+    def rate(replica: int | None) -> list[float]:
+        report = endpoint_series(prometheus, PAIR.org, PAIR.endpoint, "15m", endpoint_id=PAIR.endpoint_id,
+                                 end=END, replica=replica)
+        assert report.replica == replica and report.to_dict()["replica"] == replica
+        return [v for _, v in report.get("generation_tokens_rate").points]
+
+    whole, first, second = rate(None), rate(0), rate(1)
+    assert whole and whole == pytest.approx([GENERATION_TPS] * len(whole), rel=1e-6)
+    assert first == pytest.approx([GENERATION_TPS * 0.3] * len(first), rel=1e-6)
+    assert second == pytest.approx([GENERATION_TPS * 0.7] * len(second), rel=1e-6)
+    assert rate(2) == []  # no such replica: no data, not the endpoint's

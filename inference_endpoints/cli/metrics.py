@@ -25,6 +25,9 @@ DEVICE_WORDS = {"cpu": "CPU: the engine's processes (no GPU on this host)", "gpu
 def metrics_cmd(
     name: Annotated[str, typer.Argument(help="Endpoint name or id")],
     window: Annotated[str, typer.Option(help=f"One of {', '.join(WINDOWS)}")] = "1h",
+    replica: Annotated[int | None, typer.Option(
+        "--replica", "-r", help="One replica's engine and device series (0 is the first); "
+        "the gateway's request and error rates stay the endpoint's")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show an endpoint's request rate, latency, TTFT, tokens/s, errors, queue, KV cache and device use."""
@@ -37,8 +40,9 @@ def metrics_cmd(
     org_name = org.name if org else ctx.settings.org
     url = MetricsConfig().url
     try:
-        now = {v.name: v.value for v in current_values(url, org_name, ep.name, endpoint_id=ep.id)}
-        report = endpoint_series(url, org_name, ep.name, window, endpoint_id=ep.id)
+        now = {v.name: v.value for v in current_values(url, org_name, ep.name, endpoint_id=ep.id,
+                                                       replica=replica)}
+        report = endpoint_series(url, org_name, ep.name, window, endpoint_id=ep.id, replica=replica)
     except PrometheusUnavailable as exc:
         err.print(f"[red]Metrics unavailable:[/] {exc}")
         raise typer.Exit(1) from None
@@ -60,11 +64,13 @@ def metrics_document(report: MetricsReport, now: dict[str, float | None], status
     return {"endpoint": report.endpoint, "org": report.org, "status": status, "window": report.window,
             "start": report.start, "end": report.end, "step_s": report.step_s, "device": report.device,
             "requests_in_window": report.requests_in_window, "no_requests": report.no_requests,
-            "series": series}
+            "replica": report.replica, "series": series}
 
 
 def render(report: MetricsReport, now: dict[str, float | None], status: str) -> Table:
     title = f"{report.endpoint} ({status}) · last {report.window} · step {report.step_s} s"
+    if report.replica is not None:
+        title += f" · replica {report.replica} (request and error rates: the whole endpoint's)"
     caption = [f"Device: {DEVICE_WORDS.get(report.device, report.device)}"]
     if report.no_requests:
         caption.insert(0, "No requests in this window.")

@@ -179,10 +179,13 @@ def endpoint_activity(name: str, org: Org, svc: Svc,
 @router.get("/endpoints/{name}/metrics", tags=["endpoints"],
             responses={503: {"model": schemas.ProblemsOut}})
 def endpoint_metrics(name: str, org: Org, svc: Svc,
-                     window: Annotated[str, Query(pattern="^(15m|1h|6h|24h)$")] = "1h") -> Any:
+                     window: Annotated[str, Query(pattern="^(15m|1h|6h|24h)$")] = "1h",
+                     replica: Annotated[int | None, Query(ge=0, description=(
+                         "One replica's engine and device series; the gateway's request and "
+                         "error rates stay the endpoint's"))] = None) -> Any:
     """The metrics tab's series as JSON (503 when metrics or Prometheus are unavailable)."""
     ep = svc.endpoint(org, name)
-    result = load_series(svc.deps.console.prometheus(), org.name, ep.name, window, ep.id)
+    result = load_series(svc.deps.console.prometheus(), org.name, ep.name, window, ep.id, replica)
     if not result.available:
         return JSONResponse(status_code=503, content={"problems": [Problem(
             "metrics_unavailable", "", result.message, "The rest of the API keeps working.").to_dict()]})

@@ -62,7 +62,7 @@ def default_prometheus_url() -> str:
 
 
 def load_series(prometheus_url: str, org: str, endpoint: str, window: str,
-                endpoint_id: str | None = None) -> MetricsResult:
+                endpoint_id: str | None = None, replica: int | None = None) -> MetricsResult:
     if window not in WINDOWS:
         window = "1h"
     try:
@@ -73,7 +73,8 @@ def load_series(prometheus_url: str, org: str, endpoint: str, window: str,
     if fetch is None:
         return MetricsResult(False, "Metrics are not available in this installation yet.")
     try:
-        data = fetch(prometheus_url, org, endpoint, window, endpoint_id=endpoint_id)
+        data = fetch(prometheus_url, org, endpoint, window, endpoint_id=endpoint_id,
+                     **({"replica": replica} if replica is not None else {}))
     except Exception as exc:  # any Prometheus/client failure must leave the page usable
         text = str(exc)
         if prometheus_url not in text:

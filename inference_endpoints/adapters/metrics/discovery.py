@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -42,13 +43,23 @@ def _group(url: str, job: str, labels: Mapping[str, str]) -> TargetGroup:
             "labels": {"job": job, **labels, "__scheme__": scheme, "__metrics_path__": metrics_path}}
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """Another engine of an endpoint: a replacement candidate or a replica (its own exporter)."""
+
+    engine_url: str
+    exporter_url: str | None = None
+    replica: int = 0
+
+
 def target_groups(endpoints: Iterable[Endpoint], org_names: Mapping[str, str],
-                  candidates: Mapping[str, str] | None = None) -> list[TargetGroup]:
+                  others: Mapping[str, Sequence[RunTarget]] | None = None) -> list[TargetGroup]:
     """One group per scrape target of every endpoint that is not stopped or failed.
 
-    The engine (live and, during a rolling replacement, the candidate) → job "vllm";
-    the serve run's accelerator exporter → job "accelerator". Each carries org,
-    endpoint and endpoint_id labels, which the queries select on.
+    Every engine (live, a rolling replacement's candidate, each replica) → job "vllm"; each
+    serve run's accelerator exporter → job "accelerator". Each carries org, endpoint and
+    endpoint_id labels, which the queries select on, and `replica` (the live run's slot is 0),
+    so a chart can show one replica.
     """
     groups: list[TargetGroup] = []
     for ep in sorted(endpoints, key=lambda e: (e.org_id, e.name, e.id)):
@@ -56,11 +67,14 @@ def target_groups(endpoints: Iterable[Endpoint], org_names: Mapping[str, str],
             continue
         labels = {"org": org_names.get(ep.org_id, ep.org_id), "endpoint": ep.name,
                   "endpoint_id": ep.id}
-        candidate = (candidates or {}).get(ep.id)
-        for url in dict.fromkeys(u for u in (ep.backend_url, candidate) if u):
-            groups.append(_group(url, VLLM_JOB, labels))
-        if ep.exporter_url:
-            groups.append(_group(ep.exporter_url, ACCELERATOR_JOB, labels))
+        runs = [RunTarget(ep.backend_url or "", ep.exporter_url, 0), *(others or {}).get(ep.id, ())]
+        for job, urls in ((VLLM_JOB, [(r.engine_url, r) for r in runs]),
+                          (ACCELERATOR_JOB, [(r.exporter_url, r) for r in runs])):
+            seen: set[str] = set()
+            for url, run in urls:
+                if url and url not in seen:  # the live run is listed twice (endpoint and run)
+                    seen.add(url)
+                    groups.append(_group(url, job, {**labels, "replica": str(run.replica)}))
     return groups
 
 
@@ -70,12 +84,13 @@ def registry_targets(registry: Registry) -> list[TargetGroup]:
     for org_id in {ep.org_id for ep in endpoints}:
         org = registry.get_org(org_id)
         names[org_id] = org.name if org else org_id
-    candidates = {}
-    for ep in endpoints:
-        run = registry.runs.get(ep.candidate_run) if ep.candidate_run else None
-        if run is not None and run.backend_url and run.ended_at is None:
-            candidates[ep.id] = run.backend_url
-    return target_groups(endpoints, names, candidates)
+    others: dict[str, list[RunTarget]] = {}
+    active = {ep.id for ep in endpoints}
+    for run in sorted(registry.runs.running(), key=lambda r: (r.replica, r.generation)):
+        if run.endpoint_id in active and run.backend_url:  # the live run is the endpoint's own
+            others.setdefault(run.endpoint_id, []).append(
+                RunTarget(run.backend_url, run.exporter_url, run.replica))
+    return target_groups(endpoints, names, others)
 
 
 # ---- HTTP ------------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ class Target:
     org: str
     endpoint: str
     endpoint_id: str | None = None
+    # One replica's engine and exporter series (discovery labels each with its slot); the
+    # gateway's series are the endpoint's whichever replica answered.
+    replica: int | None = None
 
     def selector(self, *extra: str, with_id: bool = False) -> str:
         parts = [f'org="{escape(self.org)}"', f'endpoint="{escape(self.endpoint)}"']
@@ -82,6 +85,8 @@ class Target:
         return "{" + ",".join([*parts, *extra]) + "}"
 
     def engine(self, *extra: str) -> str:
+        if self.replica is not None:
+            extra = (*extra, _eq("replica", str(self.replica)))
         return self.selector(*extra, with_id=True)
 
 

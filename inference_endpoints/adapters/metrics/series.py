@@ -63,6 +63,7 @@ class MetricsReport:
     device: str | None  # "gpu", "cpu", or None when no exporter reported in the window
     requests_in_window: float | None
     series: list[Series]
+    replica: int | None = None  # engine and device series of this replica only
 
     @property
     def no_requests(self) -> bool:
@@ -78,7 +79,8 @@ class MetricsReport:
         return {"org": self.org, "endpoint": self.endpoint, "window": self.window,
                 "start": self.start, "end": self.end, "step_s": self.step_s,
                 "device": self.device, "requests_in_window": self.requests_in_window,
-                "no_requests": self.no_requests, "series": [s.to_dict() for s in self.series]}
+                "no_requests": self.no_requests, "replica": self.replica,
+                "series": [s.to_dict() for s in self.series]}
 
 
 class Prometheus:
@@ -143,10 +145,12 @@ def device_kind(prom: Prometheus, target: q.Target, rng: str, at: float | None =
 
 
 def endpoint_series(prometheus_url: str, org: str, endpoint: str, window: str = "1h", *,
-                    endpoint_id: str | None = None, end: float | None = None) -> MetricsReport:
-    """Every series of the metrics tab for one endpoint over `window` ("15m", "1h", "6h", "24h")."""
+                    endpoint_id: str | None = None, end: float | None = None,
+                    replica: int | None = None) -> MetricsReport:
+    """Every series of the metrics tab for one endpoint over `window` ("15m", "1h", "6h", "24h");
+    with `replica`, the engine and device series are that replica's alone."""
     w = q.window(window)
-    target = q.Target(org, endpoint, endpoint_id)
+    target = q.Target(org, endpoint, endpoint_id, replica)
     end = time.time() if end is None else end
     start = end - w.seconds
     prom = Prometheus(prometheus_url)
@@ -160,7 +164,7 @@ def endpoint_series(prometheus_url: str, org: str, endpoint: str, window: str = 
     finally:
         prom.close()
     return MetricsReport(org, endpoint, w.name, start, end, w.step_s, device, requests_in_window,
-                         series)
+                         series, replica)
 
 
 @dataclass(frozen=True)
@@ -172,9 +176,10 @@ class CurrentValue:
 
 
 def current_values(prometheus_url: str, org: str, endpoint: str, *,
-                   endpoint_id: str | None = None, at: float | None = None) -> list[CurrentValue]:
+                   endpoint_id: str | None = None, at: float | None = None,
+                   replica: int | None = None) -> list[CurrentValue]:
     """Now: rates over the last minute, gauges as last scraped (for the CLI)."""
-    target = q.Target(org, endpoint, endpoint_id)
+    target = q.Target(org, endpoint, endpoint_id, replica)
     prom = Prometheus(prometheus_url)
     try:
         device = device_kind(prom, target, "5m", at)
