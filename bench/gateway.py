@@ -121,19 +121,19 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s:.0f} s")
 
 
-def seed_registry(db_url: str, backend_url: str, backend_key: str, model: str) -> str:
-    """An org key and one healthy endpoint `bench` pointing at the backend; returns the key."""
+def seed_registry(db_url: str, backend_url: str, backend_key: str, model: str, name: str = "bench") -> str:
+    """An org key and one healthy endpoint `name` pointing at the backend; returns the key."""
     registry = Registry(db_url)
     registry.init(default_org="default")
     org = registry.get_org_by_name("default")
     assert org is not None
     key = registry.create_key(org.id, "bench").secret
     with registry.session() as s:
-        s.add(Checkpoint(id="ckpt_bench", org_id=org.id, name="bench", kind="full",
+        s.add(Checkpoint(id=f"ckpt_{name}", org_id=org.id, name=name, kind="full",
                          base_model="bench", location="bench", size_bytes=0, digest="-",
                          architecture="-", facts_json="{}"))
         s.flush()
-        s.add(Endpoint(org_id=org.id, name="bench", checkpoint_id="ckpt_bench", instance="cpu-dev",
+        s.add(Endpoint(org_id=org.id, name=name, checkpoint_id=f"ckpt_{name}", instance="cpu-dev",
                        max_context=1024, precision="auto", quantization="none", status="healthy",
                        backend_url=backend_url, backend_api_key=backend_key,
                        served_model_name=model, serving_config_json="{}"))
@@ -339,7 +339,18 @@ def main() -> None:
                         help="concurrent streams for the hold test (default 1000 fake, 50 vLLM)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
                         help="gateway on a CPU of its own (needs 2+ CPUs)")
+    parser.add_argument("--peers", action="store_true",
+                        help="ours against LiteLLM's proxy and nginx, in front of the same fake backends "
+                             "(bench/gateway_peers.py; concurrency 1 16 64 256 unless given)")
     args = parser.parse_args()
+    if args.peers:
+        from bench.gateway_peers import run_peers
+
+        if args.concurrency == [1, 16, 64]:
+            args.concurrency = [1, 16, 64, 256]
+        args.hold = args.hold or 1000
+        run_peers(args)
+        return
     fake = args.backend == "fake"
     if args.hold is None:
         args.hold = 1000 if fake else 50
