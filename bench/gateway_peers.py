@@ -132,8 +132,8 @@ def start_gateway(work: Path, backends: dict[str, str]) -> tuple[subprocess.Pope
     return proc, url, key
 
 
-async def level(client: aiohttp.ClientSession, proxies: list[Proxy], backend: str, series: Series, concurrency: int,
-                total: int) -> dict[str, Run]:
+async def level(client: aiohttp.ClientSession, proxies: list[Proxy], backend: str, series: Series,
+                concurrency: int, total: int) -> dict[str, Run]:
     runs = {p.name: Run() for p in proxies}
     for _round in range(2):
         for p in proxies:
