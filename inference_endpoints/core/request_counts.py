@@ -57,3 +57,19 @@ class RequestCounts:
         return {**{k: self.by_class.get(k, 0) for k in STATUS_CLASSES},
                 "broken_streams": self.broken_streams, "ok": self.ok, "rejected": self.rejected,
                 "errors": self.errors}
+
+
+class Counted:
+    """`requests` and `errors` of anything that carries `counts` (the gateway's stats rows, the
+    console's traffic), so each reads them through this one definition."""
+
+    counts: RequestCounts
+
+    @property
+    def requests(self) -> int:
+        return self.counts.total
+
+    @property
+    def errors(self) -> int:
+        """5xx answers and broken-off streams; 4xx are `counts.rejected`."""
+        return self.counts.errors

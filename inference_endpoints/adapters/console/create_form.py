@@ -16,7 +16,7 @@ from inference_endpoints.adapters.console.pages import (
     Field,
     Org,
     Svc,
-    _whole,
+    form_whole,
     redirect,
     render,
 )
@@ -83,7 +83,7 @@ def cost_estimate(instance: InstanceSpec | None, values: dict[str, Any]) -> dict
     """The price of what the form would start: min replicas, and max when it autoscales."""
     if instance is None:
         return {"hours_per_month": HOURS_PER_MONTH, "estimate": None, "estimate_max": None}
-    low, high = _whole(values["min_replicas"] or "1"), _whole(values["max_replicas"] or "0")
+    low, high = form_whole(values["min_replicas"] or "1"), form_whole(values["max_replicas"] or "0")
     low = low if isinstance(low, int) and 1 <= low <= MAX_REPLICAS else 1
     most = high if isinstance(high, int) and low < high <= MAX_REPLICAS else None
     return {"hours_per_month": HOURS_PER_MONTH, "estimate": RunningCost(instance.price_per_hour, low),
@@ -94,8 +94,8 @@ def _form_input(values: dict[str, Any]) -> CreateInput:
     high = values["max_replicas"]
     return CreateInput(CreateRequest(values["name"], values["checkpoint"], values["instance"],
                                      values["max_context"], values["precision"], values["quantization"]),
-                       values["idle_stop_minutes"], _whole(values["min_replicas"] or "1"),
-                       _whole(high) if high else None)
+                       values["idle_stop_minutes"], form_whole(values["min_replicas"] or "1"),
+                       form_whole(high) if high else None)
 
 
 def _values(name: str, checkpoint: str, instance: str, max_context: str, precision: str,

@@ -209,8 +209,8 @@ def scale(request: Request, name: str, org: Org, svc: Svc,
           min_replicas: Annotated[str, Form()] = "", max_replicas: Annotated[str, Form()] = "",
           scale_target: Annotated[str, Form()] = "") -> Response:
     try:
-        low, high = _whole(min_replicas), _whole(max_replicas) if max_replicas.strip() else None
-        target = _number(scale_target) if scale_target.strip() else None
+        low, high = form_whole(min_replicas), form_whole(max_replicas) if max_replicas.strip() else None
+        target = form_number(scale_target) if scale_target.strip() else None
         view = svc.scale(org, name, low, high, target)
         flash(request, "ok", f"{name}: {view.replicas['wanted']} replica(s) wanted "
                              f"({view.replicas['min']} to {view.replicas['max']}).")
@@ -219,7 +219,7 @@ def scale(request: Request, name: str, org: Org, svc: Svc,
     return redirect(f"/endpoints/{name}")
 
 
-def _whole(text: str) -> int | str:
+def form_whole(text: str) -> int | str:
     """A form's whole number, or the text itself for the validator to name."""
     try:
         return int(text.strip())
@@ -227,7 +227,7 @@ def _whole(text: str) -> int | str:
         return text
 
 
-def _number(text: str) -> float | str:
+def form_number(text: str) -> float | str:
     try:
         return float(text.strip())
     except ValueError:

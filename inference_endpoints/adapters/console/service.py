@@ -27,6 +27,7 @@ from inference_endpoints.adapters.console.views import EndpointView, build_view
 from inference_endpoints.core.bounds import path_problems
 from inference_endpoints.core.errors import CheckpointError, Problem, RequestInvalid, shown
 from inference_endpoints.core.fit import FitEstimate
+from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
 from inference_endpoints.core.serving_config import ServingSpec
 from inference_endpoints.core.status import CheckpointStatus, EndpointStatus, ReasonCode
 from inference_endpoints.core.validation import CreateRequest
@@ -101,8 +102,6 @@ class CreateInput:
         return self.min_replicas, self.max_replicas if self.max_replicas is not None else self.min_replicas
 
     def scaling_problems(self) -> list[Problem]:
-        from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
-
         return replica_problems(*self.replicas) + scaling_problems(self.scale_target, self.scale_down_after_s)
 
 
@@ -301,8 +300,6 @@ class ConsoleService:
     def scale(self, org: Organization, ref: str, min_replicas: Any, max_replicas: Any,
               target: Any = None, down_after_s: Any = None) -> EndpointView:
         """Record new replica bounds (each bad field named, nothing written) and kick the reconciler."""
-        from inference_endpoints.core.replica_counts import replica_problems, scaling_problems
-
         ep = self.endpoint(org, ref)
         high = max_replicas if max_replicas is not None else min_replicas
         problems = replica_problems(min_replicas, high) + scaling_problems(target, down_after_s)

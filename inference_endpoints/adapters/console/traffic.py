@@ -15,25 +15,16 @@ from datetime import UTC, datetime
 import httpx
 
 from inference_endpoints.adapters.gateway.stats import admin_headers, gateway_url, parse_row
-from inference_endpoints.core.request_counts import RequestCounts
+from inference_endpoints.core.request_counts import Counted, RequestCounts
 from inference_endpoints.persistence.models import utcnow
 from inference_endpoints.settings import Settings
 
 
 @dataclass(frozen=True)
-class Traffic:
+class Traffic(Counted):
     counts: RequestCounts
     in_flight: int
     last_request_at: datetime | None
-
-    @property
-    def requests(self) -> int:
-        return self.counts.total
-
-    @property
-    def errors(self) -> int:
-        """5xx answers and broken-off streams; 4xx are `counts.rejected` (core.request_counts)."""
-        return self.counts.errors
 
 
 NO_TRAFFIC = Traffic(RequestCounts(), 0, None)

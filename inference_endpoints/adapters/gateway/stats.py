@@ -15,24 +15,16 @@ from dataclasses import dataclass
 
 import httpx
 
-from inference_endpoints.core.request_counts import STATUS_CLASSES, RequestCounts
+from inference_endpoints.core.request_counts import STATUS_CLASSES, Counted, RequestCounts
 from inference_endpoints.settings import Settings, gateway_admin_token
 
 
 @dataclass(frozen=True)
-class EndpointTraffic:
+class EndpointTraffic(Counted):
     in_flight: int
     counts: RequestCounts
     client_disconnects: int
     last_request_at: float | None = None  # epoch seconds, None if none since the gateway started
-
-    @property
-    def requests(self) -> int:
-        return self.counts.total
-
-    @property
-    def errors(self) -> int:
-        return self.counts.errors
 
 
 def parse_row(row: Mapping[str, object]) -> EndpointTraffic:
