@@ -360,3 +360,32 @@ def test_hints_on_the_form_speak_the_form(cli: str, page: str) -> None:
     from inference_endpoints.adapters.console.web import form_words
 
     assert form_words(cli) == page
+
+
+def test_the_metrics_tab_shows_one_replica_when_asked(console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replicas: the tab offers each; choosing one asks for its series alone and says the
+    request and error rates stay the endpoint's. One replica: no choice shown."""
+    from tests.test_gateway import with_replica
+
+    asked: list[Any] = []
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        asked.append(kwargs.get("replica"))
+        return fake_report(*args, **kwargs)
+
+    monkeypatch.setattr(metrics_series, "endpoint_series", recording)
+    client = sign_in(console)
+    alone = client.get("/endpoints/ep1/_metrics?window=1h").text
+    assert 'id="metrics-replicas"' not in alone and asked == [None]
+    org = console.registry.get_org_by_name("default")
+    assert org is not None
+    ep = console.registry.find_endpoint(org.id, LONG)
+    assert ep is not None
+    with_replica(console.registry, ep.id, "http://127.0.0.1:9")
+    both = client.get(f"/endpoints/{LONG}/_metrics?window=1h").text
+    assert 'id="metrics-replicas"' in both and 'data-replica="0"' in both and 'data-replica="1"' in both
+    one = client.get(f"/endpoints/{LONG}/_metrics?window=15m&replica=1").text
+    assert asked[-1] == 1 and 'id="metrics-replica-note"' in one
+    assert f'href="/endpoints/{LONG}?tab=metrics&window=1h&replica=1"' in one  # the window keeps it
+    page = client.get(f"/endpoints/{LONG}?tab=metrics&replica=1").text
+    assert f'hx-get="/endpoints/{LONG}/_metrics?window=1h&replica=1"' in page

@@ -248,11 +248,15 @@ def endpoint_status(request: Request, name: str, org: Org, svc: Svc, seen: str =
 
 
 @router.get("/endpoints/{name}/_metrics")
-def endpoint_metrics(request: Request, name: str, org: Org, svc: Svc, window: str = "1h") -> HTMLResponse:
+def endpoint_metrics(request: Request, name: str, org: Org, svc: Svc, window: str = "1h",
+                     replica: int | None = None) -> HTMLResponse:
+    """The metrics tab; `replica` narrows the engine and device charts to that replica's."""
     ep = svc.endpoint(org, name)
     window = window if window in WINDOWS else "1h"
-    result = load_series(svc.deps.console.prometheus(), org.name, ep.name, window, ep.id)
-    return render(request, "_metrics.html", result=result, window=window, windows=WINDOWS, name=ep.name)
+    result = load_series(svc.deps.console.prometheus(), org.name, ep.name, window, ep.id, replica)
+    slots = sorted({int(r["replica"]) for r in replica_rows(svc.registry, ep)})
+    return render(request, "_metrics.html", result=result, window=window, windows=WINDOWS, name=ep.name,
+                  replica=replica, replica_slots=slots)
 
 
 @router.post("/endpoints/{name}/idle-stop", dependencies=[Csrf])
