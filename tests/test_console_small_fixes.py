@@ -389,3 +389,22 @@ def test_the_metrics_tab_shows_one_replica_when_asked(console: Console, monkeypa
     assert f'href="/endpoints/{LONG}?tab=metrics&window=1h&replica=1"' in one  # the window keeps it
     page = client.get(f"/endpoints/{LONG}?tab=metrics&replica=1").text
     assert f'hx-get="/endpoints/{LONG}/_metrics?window=1h&replica=1"' in page
+
+
+def test_a_stopped_endpoint_says_so_once_and_warns_over_its_examples(console: Console) -> None:
+    org = console.registry.get_org_by_name("default")
+    assert org is not None
+    ep = console.registry.find_endpoint(org.id, "ep1")
+    assert ep is not None
+    for status in (EndpointStatus.DEPLOYING, EndpointStatus.LOADING, EndpointStatus.HEALTHY,
+                   EndpointStatus.STOPPING, EndpointStatus.STOPPED):
+        put_status(console.registry, ep.id, status)
+    console.registry.release_leases(ep.id)
+    html = sign_in(console).get("/endpoints/ep1").text
+    badge = re.search(r'id="status-badge">(.*?)</span>\s*<span class="phase" id="phase">(.*?)</span>', html, re.S)
+    assert badge is not None, html
+    assert badge.group(1).strip() == "stopped" and "stopped" not in badge.group(2), badge.groups()
+    assert "answers 503 until it is started again" in badge.group(2)
+    assert 'id="examples-off"' in html and 'data-action="start"' in html
+    healthy = sign_in(console).get(f"/endpoints/{LONG}").text
+    assert 'id="examples-off"' not in healthy

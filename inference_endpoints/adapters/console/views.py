@@ -32,8 +32,8 @@ PHASES = {
     "healthy": "serving",
     "unhealthy": "not answering its health check",
     "stopping": "stopping the engine",
-    "stopped": "stopped",
-    "failed": "failed",
+    "stopped": "not serving: its URL answers 503 until it is started again",
+    "failed": "not serving",
 }
 CHANGING = frozenset({"pending", "deploying", "loading", "unhealthy", "stopping"})
 STARTING = ("pending", "deploying", "loading")
