@@ -252,7 +252,8 @@ def test_list_filters_paginates_and_totals_cost(world: World) -> None:
     assert detail.status_code == 200, detail.text
     assert "10 requests: 4 ok, 3 rejected (4xx), 3 errors (5xx or broken off)" in detail.text
     assert 'data-4xx="3"' in detail.text and 'data-errors="3"' in detail.text
-    assert rest["items"][0]["model"]["base_model"] == "LlamaForCausalLM"
+    assert rest["items"][0]["model"]["base_model"] == "LlamaForCausalLM"  # kept for scripts
+    assert rest["items"][0]["model"]["architecture"] == "LlamaForCausalLM"
     healthy = world.client.get("/api/v1/endpoints?status=healthy", headers=world.auth).json()
     assert [e["name"] for e in healthy["items"]] == ["a1"]
     both = world.client.get("/api/v1/endpoints?status=healthy&status=pending", headers=world.auth).json()
@@ -525,7 +526,7 @@ def test_list_page_shows_status_model_url_requests_cost_and_actions(world: World
     sign_in(world)
     html = world.client.get("/endpoints").text
     assert 'badge badge-healthy' in html and 'badge badge-pending' in html
-    assert "LlamaForCausalLM</span> +" in html and ">tiny</a>" in html
+    assert '<code class="model-name">ep1</code>' in html and ">tiny</a>" in html and "· LlamaForCausalLM" in html
     assert "http://127.0.0.1:8780/e/default/ep1/v1" in html and 'class="copy"' in html
     assert ">42<" in html and "cpu-dev" in html and "$" in html
     assert 'hx-trigger="every 2s"' in html, "something is changing (ep2 pending): refresh fast"

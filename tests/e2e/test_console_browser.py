@@ -253,7 +253,8 @@ def test_console_end_to_end(e2e: E2EStack, console_url: str, browser: object) ->
     page.goto(f"{console_url}/endpoints")
     row = page.locator(f"tr[data-endpoint='{NAME}']")
     expect(row.locator(".badge")).to_have_text("healthy")
-    expect(row).to_contain_text(f"LlamaForCausalLM + {CKPT}")
+    expect(row.locator("code.model-name")).to_have_text(e2e.endpoint(NAME).served_model_name)  # what callers send
+    expect(row).to_contain_text(f"{CKPT} · LlamaForCausalLM")
     expect(row).to_contain_text(f"{e2e.url(NAME)}/v1")
     requests_cell = row.locator("td[data-label='Requests']")
     page.reload()

@@ -69,7 +69,8 @@ class ReasonOut(BaseModel):
 
 
 class ModelOut(BaseModel):
-    base_model: str
+    base_model: str = Field(description="A LoRA's base checkpoint; for full weights, their architecture")
+    architecture: str
     checkpoint_id: str
     checkpoint: str
     kind: str

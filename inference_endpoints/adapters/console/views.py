@@ -53,7 +53,8 @@ class EndpointView:
     checkpoint_name: str
     checkpoint_kind: str
     checkpoint_status: str
-    base_model: str
+    base_model: str  # a LoRA's base checkpoint; for full weights (API, kept) their architecture
+    architecture: str
     instance: str
     accelerator: str
     memory_gib: float
@@ -110,7 +111,8 @@ class EndpointView:
             "phase": self.phase,
             "reason": ({"code": self.reason_code, "message": self.reason_message,
                         "hint": self.reason_hint} if self.reason_code else None),
-            "model": {"base_model": self.base_model, "checkpoint_id": self.checkpoint_id,
+            "model": {"base_model": self.base_model, "architecture": self.architecture,
+                      "checkpoint_id": self.checkpoint_id,
                       "checkpoint": self.checkpoint_name, "kind": self.checkpoint_kind,
                       "checkpoint_status": self.checkpoint_status, "served_model_name": self.model},
             "instance": {"name": self.instance, "accelerator": self.accelerator,
@@ -163,11 +165,12 @@ def build_view(ep: Endpoint, *, org_name: str, checkpoint: Checkpoint | None,
         checkpoint_kind=checkpoint.kind if checkpoint else "?",
         checkpoint_status=checkpoint.status if checkpoint else "?",
         base_model=checkpoint.base_model if checkpoint else "?",
+        architecture=checkpoint.architecture if checkpoint else "?",
         instance=ep.instance,
         accelerator=instance.accelerator if instance else "?",
         memory_gib=round(instance.total_memory_mib / 1024, 1) if instance else 0.0,
         max_context=ep.max_context, precision=ep.precision, quantization=ep.quantization,
-        url=urls.url, path_url=urls.path_url, model=ep.name, traffic=seen,
+        url=urls.url, path_url=urls.path_url, model=ep.served_model_name or ep.name, traffic=seen,
         created_at=created, healthy_at=aware(ep.healthy_at), age=max(timedelta(0), now - created),
         cost=cost, idle=idle, idle_stop_minutes=ep.idle_stop_minutes,
         serve_run_id=ep.serve_run_id, create_run_id=ep.create_run_id,
