@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from bench.gateway import (
 
 LITELLM_HOME = Path.home() / ".cache" / "inference-endpoints" / "bench-litellm"
 KEY = "bench-backend-key"
+LITELLM_KEY = "sk-bench-" + secrets.token_hex(16)
 MODEL = "fake-model"
 # name: (fake backend's --ttft-ms, --itl-ms)
 BACKENDS = {"b0": (0.0, 0.0), "b50": (50.0, 0.0), "bstream": (0.0, 2.0), "bhold": (0.0, 250.0)}
@@ -65,7 +67,8 @@ def ensure_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def start_nginx(work: Path, backends: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_nginx(work: Path, backends: dict[str, str], procs: list[subprocess.Popen[bytes]]
+                ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     home = work / "nginx"
     home.mkdir()
@@ -83,6 +86,7 @@ def start_nginx(work: Path, backends: dict[str, str]) -> tuple[subprocess.Popen[
                     f"http {{\n  access_log off;\n  {temp}\n{upstreams}"
                     f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n{locations}  }}\n}}\n")
     proc = spawn([ensure_nginx(), "-p", str(home), "-c", str(conf)], work / "nginx.log")
+    procs.append(proc)  # stopped by the caller even if it never answers
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/b0/health")
     return proc, url
@@ -96,13 +100,16 @@ def ensure_litellm() -> Path:
     return binary
 
 
-def start_litellm(work: Path, backends: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_litellm(work: Path, backends: dict[str, str], procs: list[subprocess.Popen[bytes]]
+                  ) -> tuple[subprocess.Popen[bytes], str]:
+    """One worker, a master key (it refuses to start without one, and ours checks keys too)."""
     port = free_port()
     lines = ["model_list:"]
     for name, url in backends.items():
         lines += [f"  - model_name: {name}", "    litellm_params:", f"      model: openai/{MODEL}",
                   f"      api_base: {url}/v1", f"      api_key: {KEY}"]
-    lines += ["litellm_settings:", "  drop_params: true", "  telemetry: false"]
+    lines += ["general_settings:", f"  master_key: {LITELLM_KEY}",
+              "litellm_settings:", "  drop_params: true", "  telemetry: false"]
     config = work / "litellm.yaml"
     config.write_text("\n".join(lines) + "\n")
     # A closed network: the model cost map ships with the package; no telemetry, quiet logs.
@@ -110,12 +117,18 @@ def start_litellm(work: Path, backends: dict[str, str]) -> tuple[subprocess.Pope
            "LITELLM_TELEMETRY": "False"}
     proc = spawn([str(ensure_litellm()), "--config", str(config), "--host", "127.0.0.1", "--port",
                   str(port), "--num_workers", "1"], work / "litellm.log", env)
+    procs.append(proc)
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health/liveliness", timeout_s=180)
+    try:
+        wait_http(f"{url}/health/liveliness", timeout_s=180)
+    except TimeoutError:
+        print((work / "litellm.log").read_text()[-3000:], file=sys.stderr)
+        raise
     return proc, url
 
 
-def start_gateway(work: Path, backends: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_gateway(work: Path, backends: dict[str, str], procs: list[subprocess.Popen[bytes]]
+                  ) -> tuple[subprocess.Popen[bytes], str, str]:
     """Our gateway with one endpoint per backend; returns (process, URL, the org key)."""
     db = f"sqlite:///{work / 'registry.db'}"
     key = ""
@@ -127,6 +140,7 @@ def start_gateway(work: Path, backends: dict[str, str]) -> tuple[subprocess.Pope
     env.pop("DATABASE_URL", None)
     proc = spawn([sys.executable, "-m", "inference_endpoints.adapters.gateway.server", "--log-level",
                   "warning"], work / "gateway.log", env)
+    procs.append(proc)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_gateway/health")
     return proc, url, key
@@ -205,17 +219,17 @@ def run_peers(args: argparse.Namespace) -> None:
                                 KEY, "--ttft-ms", str(ttft), "--itl-ms", str(itl)], work / f"{name}.log"))
             backends[name] = f"http://127.0.0.1:{port}"
             wait_http(f"{backends[name]}/health")
-        gw, gw_url, org_key = start_gateway(work, backends)
-        nginx, nginx_url = start_nginx(work, backends)
-        litellm, litellm_url = start_litellm(work, backends)
-        procs += [gw, nginx, litellm]
+        gw, gw_url, org_key = start_gateway(work, backends, procs)
+        nginx, nginx_url = start_nginx(work, backends, procs)
+        litellm, litellm_url = start_litellm(work, backends, procs)
         auth = {"authorization": f"Bearer {KEY}"}
         same = dict.fromkeys(backends, MODEL)
         proxies = [
             Proxy("direct", {n: Target("direct", u, auth) for n, u in backends.items()}, same),
             Proxy("ours", {n: Target("ours", f"{gw_url}/e/default/{n}",
                                      {"authorization": f"Bearer {org_key}"}) for n in backends}, same),
-            Proxy("litellm", {n: Target("litellm", litellm_url, {}) for n in backends},
+            Proxy("litellm", {n: Target("litellm", litellm_url, {"authorization": f"Bearer {LITELLM_KEY}"})
+                              for n in backends},
                   {n: n for n in backends}),
             Proxy("nginx", {n: Target("nginx", f"{nginx_url}/{n}", auth) for n in backends}, same),
         ]
