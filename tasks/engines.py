@@ -1,4 +1,4 @@
-"""The engine runtime an endpoint uses on this host, and stopping engines left behind."""
+"""The engine runtime an instance uses on this host (its pool's engine-host block)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 from inference_endpoints.adapters.runtime import make_runtime
 from inference_endpoints.adapters.runtime.base import EngineRuntime
-from inference_endpoints.persistence.models import Endpoint
 from inference_endpoints.persistence.registry import Registry
 from tasks.context import load_engine_host
 
@@ -25,11 +24,3 @@ def runtime_for(registry: Registry, instance_name: str) -> EngineRuntime:
         gpu_count=0 if instance.is_cpu else instance.gpu_count,
         cluster=host.cluster(),
     )
-
-
-def stop_orphans(registry: Registry, endpoint: Endpoint) -> int:
-    """Stop engines that still answer for an ended run (found by their labels on this host)."""
-    leftovers = runtime_for(registry, endpoint.instance).leftovers(endpoint.id)
-    for engine in leftovers:
-        engine.stop()
-    return len(leftovers)
