@@ -1,7 +1,10 @@
 """Long-running helper processes: started in their own session with output to a log file, stopped by PID.
 
 Same rules as the rest of the local stack: never by name, SIGTERM to the process
-group first, SIGKILL after a grace period.
+group first, SIGKILL after a grace period. PIDs wrap (`pid_max` is 32768 on these machines,
+and a test run spawns tens of thousands of processes), so a process this one spawned is
+remembered with its start time: once that PID names a younger process, ours is gone and the
+newcomer is never signalled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+_SPAWNED: dict[int, float] = {}  # pid -> start time of the process this one spawned under it
+
 
 def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> int:
@@ -25,14 +30,27 @@ def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = N
         proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=dict(env or os.environ),
                                 cwd=cwd, start_new_session=True)
+    with contextlib.suppress(psutil.Error):  # gone already: nothing will be signalled anyway
+        _SPAWNED[proc.pid] = psutil.Process(proc.pid).create_time()
     return proc.pid
+
+
+def same_process(pid: int) -> bool:
+    """False when `pid` now names another process than the one spawned under it here."""
+    started = _SPAWNED.get(pid)
+    if started is None:
+        return True  # not spawned here: callers check identity otherwise (`is_ours`)
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 0.05
+    except psutil.NoSuchProcess:
+        return False
 
 
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and same_process(pid)
     except psutil.NoSuchProcess:
         return False
 
@@ -57,7 +75,7 @@ def stop_group(pid: int | None, grace_s: float = 10.0) -> None:
 
 
 def _reap(pid: int | None) -> None:
-    if pid:
+    if pid and same_process(pid):  # never reap (or wait on) a stranger that took the PID
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
