@@ -61,6 +61,8 @@ WORDS = SENTENCE.split()
 class Metrics:
     prometheus_url: str
     discovery_url: str
+    prometheus_pid: int | None = None
+    prometheus_log: Path | None = None
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def metrics(e2e: E2EStack) -> Iterator[Metrics]:
     prom_pid: int | None = None
     try:
         prom_pid, prom_url = start_prometheus(e2e.settings, sd_url, e2e.gateway_url, config=cfg)
-        yield Metrics(prom_url, sd_url)
+        yield Metrics(prom_url, sd_url, prom_pid, e2e.settings.log_dir / "prometheus.log")
     finally:
         stop_prometheus(prom_pid)
         stop_discovery(sd_pid)
@@ -293,7 +295,14 @@ def burst(e2e: E2EStack, metrics: Metrics, served: Served, lookalikes: LookAlike
 
 
 def _up(metrics: Metrics, query: str) -> int:
-    data = httpx.get(f"{metrics.prometheus_url}/api/v1/query", params={"query": query}, timeout=5).json()
+    try:
+        data = httpx.get(f"{metrics.prometheus_url}/api/v1/query", params={"query": query}, timeout=5).json()
+    except httpx.HTTPError as exc:  # say why: is it still running, and what did it last log?
+        log = metrics.prometheus_log
+        tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else "(no log)"
+        raise AssertionError(f"Prometheus at {metrics.prometheus_url} did not answer ({exc!r}); "
+                             f"pid {metrics.prometheus_pid} alive: {alive(metrics.prometheus_pid)}; "
+                             f"its log ends:\n{tail}") from exc
     return sum(1 for r in data["data"]["result"] if r["value"][1] == "1")
 
 
