@@ -130,7 +130,7 @@ def start(request: Request, name: str, org: Org, svc: Svc) -> Response:
         svc.start(org, name)
         flash(request, "ok", f"Starting {name} again at the same URL.")
     except (NotFound, RequestInvalid) as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     return redirect(f"/endpoints/{name}")
 
 
@@ -149,7 +149,7 @@ def _stop_or_remove(request: Request, svc: ConsoleService, org: Organization, na
                 }.get(result.outcome, f"{name} is {result.outcome}.")
         flash(request, "ok", text)
     except (Unavailable, NotFound, RequestInvalid) as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     if is_htmx(request):
         return render(request, "_endpoints_table.html", fragment=True, **_list_context(svc, org, show, 1))
     back = request.headers.get("referer", "")
@@ -215,7 +215,7 @@ def scale(request: Request, name: str, org: Org, svc: Svc,
         flash(request, "ok", f"{name}: {view.replicas['wanted']} replica(s) wanted "
                              f"({view.replicas['min']} to {view.replicas['max']}).")
     except (NotFound, RequestInvalid) as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     return redirect(f"/endpoints/{name}")
 
 
@@ -267,7 +267,7 @@ def idle_stop(request: Request, name: str, org: Org, svc: Svc,
         flash(request, "ok", f"Idle auto-stop after {view.idle_stop_minutes} min." if view.idle_stop_minutes
               else "Idle auto-stop is off.")
     except (RequestInvalid, NotFound) as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     return redirect(f"/endpoints/{name}")
 
 
@@ -294,7 +294,7 @@ def delete_checkpoint(request: Request, ref: str, org: Org, svc: Svc, all: bool 
     try:
         answer = svc.delete_checkpoint(org, ref).to_dict()
     except (NotFound, RequestInvalid) as exc:
-        answer = {"message": _message(exc), "held_by": [], "bytes": "error"}
+        answer = {"message": error_text(exc), "held_by": [], "bytes": "error"}
     ctx = _checkpoints_context(svc, org, all, answer)
     if is_htmx(request):
         return render(request, "_checkpoints_table.html", **ctx)
@@ -338,11 +338,12 @@ def revoke_key(request: Request, ref: str, org: Org, svc: Svc) -> Response:
         row = svc.revoke_key(org, ref)
         flash(request, "ok", f"Revoked {row.prefix} ({row.name}).")
     except NotFound as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     return redirect("/keys")
 
 
-def _message(exc: Exception) -> str:
+def error_text(exc: Exception) -> str:
+    """What a flash says for a refused action: every problem's message, or the error's own."""
     if isinstance(exc, RequestInvalid):
         return "; ".join(p.message for p in exc.problems)
     problem = getattr(exc, "problem", None)

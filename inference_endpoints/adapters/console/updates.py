@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from inference_endpoints.adapters.console import api, schemas
 from inference_endpoints.adapters.console.orchestrator import SubmitError
-from inference_endpoints.adapters.console.pages import Csrf, Org, Svc, _message, redirect
+from inference_endpoints.adapters.console.pages import Csrf, Org, Svc, error_text, redirect
 from inference_endpoints.adapters.console.service import ConsoleService, NotFound, Unavailable
 from inference_endpoints.adapters.console.views import EndpointView
 from inference_endpoints.adapters.console.web import flash
@@ -67,7 +67,7 @@ def update_page(request: Request, name: str, org: Org, svc: Svc,
         flash(request, "ok", f"Updating {name} ({changes}): a new engine starts beside the current one; "
                              "the URL switches once it generates.")
     except (NotFound, RequestInvalid, Unavailable) as exc:
-        flash(request, "error", _message(exc))
+        flash(request, "error", error_text(exc))
     return redirect(f"/endpoints/{name}")
 
 

@@ -21,7 +21,12 @@ from prometheus_client.core import (
     Metric,
 )
 
-from inference_endpoints.core.request_counts import STATUS_CLASSES, is_error, status_class
+from inference_endpoints.core.request_counts import (
+    STATUS_CLASSES,
+    RequestCounts,
+    is_error,
+    status_class,
+)
 
 # Seconds. Low buckets show gateway-only answers (401/404/503); high ones long generations.
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -144,7 +149,7 @@ class GatewayMetrics:
             c = self.endpoints.get(key, empty)
             rows.append({"org": key[0], "endpoint": key[1], "in_flight": c.in_flight,
                          "requests": sum(counts.values()),
-                         "errors": counts.get("5xx", 0) + broken.get(key, 0),
+                         "errors": RequestCounts(counts, broken.get(key, 0)).errors,
                          "by_class": counts, "broken_streams": broken.get(key, 0),
                          "client_disconnects": c.disconnects, "last_request_at": c.last_request_at})
         return {"endpoints": rows}
