@@ -4,7 +4,10 @@ Same rules as the rest of the local stack: never by name, SIGTERM to the process
 group first, SIGKILL after a grace period. PIDs wrap (`pid_max` is 32768 on these machines,
 and a test run spawns tens of thousands of processes), so a process this one spawned is
 remembered with its start time: once that PID names a younger process, ours is gone and the
-newcomer is never signalled.
+newcomer is never signalled. The start time is the kernel's tick count since boot
+(`/proc/PID/stat`), not `psutil`'s wall-clock `create_time()`: that one adds a boot time
+recomputed on every read, which moves when NTP slews the clock, and a live child judged
+"gone" was once never stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ from pathlib import Path
 
 import psutil
 
-_SPAWNED: dict[int, float] = {}  # pid -> start time of the process this one spawned under it
+_SPAWNED: dict[int, int] = {}  # pid -> start ticks of the process this one spawned under it
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (fixed for its life); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    return int(fields[19])  # field 22 of proc_pid_stat(5); fields[0] is field 3
 
 
 def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
@@ -30,8 +43,9 @@ def spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = N
         proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=dict(env or os.environ),
                                 cwd=cwd, start_new_session=True)
-    with contextlib.suppress(psutil.Error):  # gone already: nothing will be signalled anyway
-        _SPAWNED[proc.pid] = psutil.Process(proc.pid).create_time()
+    ticks = start_ticks(proc.pid)
+    if ticks is not None:  # gone already: nothing will be signalled anyway
+        _SPAWNED[proc.pid] = ticks
     return proc.pid
 
 
@@ -40,10 +54,7 @@ def same_process(pid: int) -> bool:
     started = _SPAWNED.get(pid)
     if started is None:
         return True  # not spawned here: callers check identity otherwise (`is_ours`)
-    try:
-        return abs(psutil.Process(pid).create_time() - started) < 0.05
-    except psutil.NoSuchProcess:
-        return False
+    return start_ticks(pid) == started
 
 
 def alive(pid: int | None) -> bool:
